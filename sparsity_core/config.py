@@ -1,0 +1,186 @@
+"""The one validated configuration of a single training run.
+
+`TrialConfig` is built once at the edge (a sweep file, a notebook) and is frozen afterwards; nothing
+downstream re-checks it. Its sections mirror the sweep files: `dataset`, `model`, `train`, plus the
+top-level `seed` and `device`. Every leaf setting also has a short, unique *alias* (its own name, or
+the section's name for a section's `name` field), which sweep grids and result columns use:
+`optimizer` is `train.optimizer`, `dataset` is `dataset.name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "OPTIMIZER_NAMES",
+    "REGULARIZER_NAMES",
+    "DATASET_NAMES",
+    "MODEL_NAMES",
+    "ACTIVATION_NAMES",
+]
+
+OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "adamax", "rmsprop", "adagrad", "adadelta")
+REGULARIZER_NAMES = ("none", "l2", "wd", "l1_gamma")
+DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
+ACTIVATION_NAMES = ("relu", "leaky_relu")
+
+
+def _one_of(value: str, valid: tuple[str, ...], what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class DataConfig(_Section):
+    """Which images, where they live, and how they are fed."""
+
+    name: str = "digits"
+    root: str | None = Field(None, description="local folder of cifar10/cifar100/imagefolder data")
+    download: bool = Field(False, description="let torchvision download CIFAR into `root`")
+    image_size: int | None = Field(
+        None, gt=0, description="resize to this many pixels a side; None keeps the native size"
+    )
+    augment: bool = Field(True, description="random horizontal flips on training batches")
+    n_train: int = Field(512, gt=0, description="synthetic only: training images")
+    n_test: int = Field(128, gt=0, description="synthetic only: test images")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _one_of(v, DATASET_NAMES, "dataset")
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> DataConfig:
+        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+            raise ValueError(f"dataset {self.name!r} needs `root`: the folder holding its files")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture and the BN / activation knobs the study varies."""
+
+    name: str = "basicnet"
+    width: float = Field(1.0, gt=0, description="multiplier on every layer's filter count")
+    activation: str = "relu"
+    negative_slope: float = Field(0.01, ge=0, lt=1, description="leaky_relu only")
+    gamma_init: float = 1.0
+    beta_init: float = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _one_of(v, MODEL_NAMES, "model")
+
+    @field_validator("activation")
+    @classmethod
+    def _known_act(cls, v: str) -> str:
+        return _one_of(v, ACTIVATION_NAMES, "activation")
+
+
+class TrainConfig(_Section):
+    """Optimizer, regularizer and schedule. Epoch counts are for `batch_size` unless
+    `reference_batch_size` is set, in which case they are for that batch size and are rescaled so
+    the number of iterations stays the same (the paper's batch-size rule)."""
+
+    optimizer: str = "adam"
+    lr: float | None = Field(None, gt=0, description="base LR; None takes the paper's default")
+    reg: str = "none"
+    strength: float = Field(0.0, ge=0, description="lambda of the regularizer")
+    batch_size: int = Field(40, gt=0)
+    epochs: int = Field(325, gt=0)
+    lr_steps: tuple[int, ...] = Field((250,), description="epochs at which the LR is multiplied by lr_decay")
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    reference_batch_size: int | None = Field(None, gt=0)
+    gamma_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN gamma")
+    beta_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN beta")
+    act_every: int = Field(0, ge=0, description="measure dead-by-activation every k epochs (0: at the end only)")
+    snapshot_every: int = Field(0, ge=0, description="per-filter gamma/beta snapshot every k epochs (0: at the end only)")
+    eval_batch_size: int = Field(1000, gt=0)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_opt(cls, v: str) -> str:
+        return _one_of(v, OPTIMIZER_NAMES, "optimizer")
+
+    @field_validator("reg")
+    @classmethod
+    def _known_reg(cls, v: str) -> str:
+        return _one_of(v, REGULARIZER_NAMES, "regularizer")
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _sorted_steps(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s <= 0 for s in v) or list(v) != sorted(set(v)):
+            raise ValueError("lr_steps must be positive, increasing epoch numbers")
+        return v
+
+    def _iteration_scale(self) -> float:
+        return 1.0 if self.reference_batch_size is None else self.batch_size / self.reference_batch_size
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs actually run, after the equal-iterations rescaling."""
+        return max(1, round(self.epochs * self._iteration_scale()))
+
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """LR step epochs actually used, after the equal-iterations rescaling."""
+        return tuple(max(1, round(s * self._iteration_scale())) for s in self.lr_steps)
+
+
+class TrialConfig(_Section):
+    """One training run of the study. `trial_id` is a content hash of it."""
+
+    dataset: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def trial_id(self) -> str:
+        """Stable 12-hex-digit hash of every setting that differs from its default.
+
+        Leaving defaults out keeps existing ids valid when a new setting (with a default) is added;
+        changing a default's value is therefore a breaking change of trial ids.
+        """
+        payload = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf setting under its alias: the columns of a results row."""
+        out: dict[str, Any] = {}
+        for alias, path in alias_paths().items():
+            value: Any = self
+            for part in path.split("."):
+                value = getattr(value, part)
+            out[alias] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def alias_paths() -> dict[str, str]:
+    """Alias -> dotted path for every leaf setting of TrialConfig (`optimizer` -> `train.optimizer`)."""
+    out: dict[str, str] = {}
+    for section, field in TrialConfig.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            for leaf in sub.model_fields:
+                alias = section if leaf == "name" else leaf
+                assert alias not in out, f"alias {alias!r} is ambiguous"
+                out[alias] = f"{section}.{leaf}"
+        else:
+            out[section] = section
+    return out
