@@ -1,0 +1,273 @@
+"""Run a sweep's trials as Ray Tune trials; the driver alone writes the Parquet store.
+
+Workers call `sparsity_core.train` and `ray.tune.report` once per epoch (with a Tune checkpoint every
+`checkpoint_every` epochs). `StoreCallback`, on the driver, turns those reports into Parquet rows,
+so workers never need the results filesystem.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Tune's automatic CSV/JSON/TensorBoard loggers grow the driver's memory; we write Parquet ourselves.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from sparsity_core import TrialConfig, train  # noqa: E402
+
+from .spec import SweepSpec, varying_settings  # noqa: E402
+from .store import FINISHED, ResultStore  # noqa: E402
+from .version import code_version  # noqa: E402
+
+__all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
+
+STATE_FILE = "state.pt"
+FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """One Tune trial: train the config, report each epoch, checkpoint when the trainer says so."""
+    torch.set_num_threads(max(1, int(config["threads"])))
+    cfg = TrialConfig.model_validate(config["trial"])
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+
+    def report(metrics, state) -> None:
+        record = metrics.to_record()
+        if state is None:
+            tune.report(record)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            tune.report(record, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train(cfg, report, resume=resume, checkpoint_every=config["checkpoint_every"])
+
+
+@dataclass
+class _Running:
+    cfg: TrialConfig
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    filters: dict[tuple[int, str, int], dict[str, Any]] = field(default_factory=dict)
+    last: dict[str, Any] | None = None
+    flushed_at: float = 0.0
+    loaded: bool = False
+
+
+class StoreCallback(tune.Callback):
+    """Driver-side writer: epoch/layer/filter rows as results arrive, the trial row at the end.
+
+    Rows are keyed by epoch, so a trial that restarts (a retry, or a resume from its checkpoint)
+    replaces what it reports again instead of duplicating it.
+    """
+
+    def __init__(self, store: ResultStore, version: str):
+        self.store = store
+        self.version = version
+        self.running: dict[str, _Running] = {}
+        self.statuses: dict[str, str] = {}
+
+    def _state(self, trial) -> _Running:
+        if trial.trial_id not in self.running:
+            self.running[trial.trial_id] = _Running(TrialConfig.model_validate(trial.config["trial"]))
+        return self.running[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self._state(trial)
+        tid = run.cfg.trial_id
+        epoch = int(result["epoch"])
+        if not run.loaded:
+            # Keep rows of epochs this trial finished before a resume from its checkpoint.
+            for table, rows, key in (("epochs", run.epochs, ("epoch",)),
+                                     ("layers", run.layers, ("epoch", "layer")),
+                                     ("filters", run.filters, ("epoch", "layer", "filter"))):
+                for row in self.store.read(table, tid):
+                    if row["epoch"] < epoch:
+                        rows[tuple(row[k] for k in key) if len(key) > 1 else row["epoch"]] = row
+            run.loaded = True
+        for rows in (run.epochs, run.layers, run.filters):
+            for k in [k for k in rows if (k if isinstance(k, int) else k[0]) >= epoch]:
+                del rows[k]
+        run.epochs[epoch] = {"trial_id": tid, **{k: result[k] for k in (
+            "epoch", "lr", "train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")}}
+        for layer in result["layers"]:
+            run.layers[(epoch, layer["layer"])] = {"trial_id": tid, "epoch": epoch, **layer}
+        for f in result["filters"] or []:
+            run.filters[(epoch, f["layer"], f["filter"])] = {"trial_id": tid, "epoch": epoch, **f}
+        run.last = result
+        if time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
+            self._flush(run)
+
+    def _flush(self, run: _Running) -> None:
+        tid = run.cfg.trial_id
+        self.store.write("epochs", tid, [run.epochs[k] for k in sorted(run.epochs)])
+        self.store.write("layers", tid, [run.layers[k] for k in sorted(run.layers)])
+        if run.filters:
+            self.store.write("filters", tid, [run.filters[k] for k in sorted(run.filters)])
+        run.flushed_at = time.monotonic()
+
+    def _finish(self, trial, status: str, error: str = "") -> None:
+        run = self._state(trial)
+        if run.epochs:
+            self._flush(run)
+        last = run.last or {}
+        self.store.write("trials", run.cfg.trial_id, [{
+            "trial_id": run.cfg.trial_id,
+            "sweep": self.store.sweep,
+            "status": status,
+            **run.cfg.flat(),
+            "epochs_run": last.get("epoch", 0),
+            **{k: last.get(k) for k in ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")},
+            "wall_time_s": last.get("time_total_s"),
+            "code_version": self.version,
+            "error": error,
+            "finished_at": dt.datetime.now(dt.timezone.utc),
+            "config_json": run.cfg.model_dump_json(),
+        }])
+        self.statuses[run.cfg.trial_id] = status
+        del self.running[trial.trial_id]
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self._state(trial).last or {}
+        self._finish(trial, "diverged" if last.get("diverged") else "ok")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "failed", _last_line(str(trial.get_error() or "the trial raised")))
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else text
+
+
+class ProgressCallback(tune.Callback):
+    """One line per finished trial and every `every_s` seconds: done / running / pending, ETA."""
+
+    def __init__(self, total: int, statuses: dict[str, str], every_s: float = 30.0, stream=sys.stdout):
+        self.total = total
+        self.statuses = statuses
+        self.every_s = every_s
+        self.stream = stream
+        self.start = time.monotonic()
+        self.printed_at = 0.0
+        self.reported = 0
+
+    def on_step_end(self, iteration, trials, **info):
+        done = len(self.statuses)
+        now = time.monotonic()
+        if done == self.reported and now - self.printed_at < self.every_s:
+            return
+        self.reported, self.printed_at = done, now
+        running = sum(t.status == "RUNNING" for t in trials)
+        elapsed = now - self.start
+        eta = f"~{_duration(elapsed / done * (self.total - done))}" if done else "unknown"
+        counts = ", ".join(f"{n} {s}" for s in ("ok", "diverged", "failed")
+                           if (n := sum(v == s for v in self.statuses.values())))
+        print(f"[{_duration(elapsed)}] {done}/{self.total} done{f' ({counts})' if counts else ''}, "
+              f"{running} running, {self.total - done - running} pending, time left {eta}",
+              file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    total: int
+    skipped: int
+    statuses: dict[str, str]
+
+    @property
+    def failed(self) -> list[str]:
+        return [t for t, s in self.statuses.items() if s == "failed"]
+
+    def lines(self) -> list[str]:
+        counts = {s: sum(v == s for v in self.statuses.values()) for s in ("ok", "diverged", "failed")}
+        return [f"{self.total} trials: {self.skipped} already finished, "
+                + ", ".join(f"{n} {s}" for s, n in counts.items())]
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets it), else start an embedded Ray."""
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    trials: list[TrialConfig],
+    store: ResultStore,
+    *,
+    force: bool = False,
+    tune_progress: bool = False,
+) -> SweepSummary:
+    """Run the trials that have no finished result yet (all of them with `force`)."""
+    finished = {t: s for t, s in store.finished().items() if s in FINISHED}
+    todo = [t for t in trials if force or t.trial_id not in finished]
+    skipped = len(trials) - len(todo)
+    varying = varying_settings(trials)
+    print(f"sweep {spec.name!r}: {len(trials)} trials, {skipped} already finished, {len(todo)} to run "
+          f"(varying: {', '.join(varying) or 'nothing'}); results in {store.uri}", flush=True)
+    if not todo:
+        return SweepSummary(len(trials), skipped, {})
+
+    version = code_version()
+    writer = StoreCallback(store, version)
+    callbacks: list[tune.Callback] = [writer, ProgressCallback(len(todo), writer.statuses)]
+    ray_storage = store.uri + "/_tune" if not store.is_local else str(Path(store.path) / "_tune")
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        param_space={
+            "trial": tune.grid_search([t.model_dump(mode="json") for t in todo]),
+            "checkpoint_every": spec.checkpoint_every,
+            "threads": math.ceil(spec.resources.cpu),
+        },
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            max_concurrent_trials=spec.resources.max_concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=ray_storage,
+            callbacks=callbacks,
+            verbose=1 if tune_progress else 0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()
+    return SweepSummary(len(trials), skipped, dict(writer.statuses))
+
+
+def _trial_name(trial) -> str:
+    return TrialConfig.model_validate(trial.config["trial"]).trial_id
+
+
+def describe(trials: list[TrialConfig]) -> list[str]:
+    """One line per trial: its id and the settings that vary across the sweep (for --dry-run)."""
+    varying = varying_settings(trials)
+    return [f"{t.trial_id}  " + " ".join(f"{k}={json.dumps(t.flat()[k])}" for k in varying) for t in trials]

@@ -1,0 +1,182 @@
+"""Sweep files: YAML -> validated `SweepSpec` -> a deduplicated list of `TrialConfig`s.
+
+A sweep file holds fixed settings in sections that mirror `TrialConfig` (`dataset:`, `model:`,
+`train:`, plus `seed`/`device`), a `grid:` whose axes are multiplied out, `variants:` (rows of
+settings for tables that are not full grids) and `seeds:`. Grid axes and variant keys name a trial
+setting by its alias (`optimizer`) or its dotted path (`train.optimizer`).
+
+Every mistake raises `SpecError` with the file, the key and the fix; the CLI turns that into exit 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sparsity_core.config import TrialConfig, alias_paths
+
+__all__ = ["SpecError", "SweepSpec", "Resources", "load_spec", "expand", "apply_override", "varying_settings"]
+
+
+class SpecError(ValueError):
+    """A sweep file or command-line mistake; the message is meant for the user as it stands."""
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch's thread count)")
+    gpu: float = Field(0.0, ge=0, description="GPU fraction per trial")
+    max_concurrent: int | None = Field(None, gt=0, description="trials at once (None: as resources allow)")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Resources()
+    retries: int = Field(2, ge=0, description="re-runs of a trial that raised, before it counts as failed")
+    checkpoint_every: int = Field(0, ge=0, description="Tune checkpoint every k epochs (0: none)")
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            options = _field_names(parent)
+            msg = f"unknown key{_did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {where}{key}: {msg}")
+    return SpecError("\n".join(lines))
+
+
+def _field_names(loc: tuple) -> list[str]:
+    """The valid keys at a location of a trial config or a sweep spec (for did-you-mean)."""
+    model: type[BaseModel] = TrialConfig if loc and loc[0] in ("dataset", "model", "train") else SweepSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        sub = field.annotation if field else None
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            model = sub
+    return list(model.model_fields)
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{source}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raise SpecError(f"{source}: the file is empty; see sweeps/quick.yaml for a complete example")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a mapping of sweep settings at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set key=value` to the raw sweep mapping. `key` is dotted (`train.epochs`) or a
+    trial setting's alias (`epochs`); `value` is YAML (`[0, 1]`, `1e-3`, `adam`)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {assignment!r}: the value is not valid YAML") from None
+    parts = key.split(".")
+    if parts[0] not in SweepSpec.model_fields:
+        if key not in alias_paths():
+            options = list(SweepSpec.model_fields) + list(alias_paths())
+            raise SpecError(f"--set {assignment!r}: unknown key {key!r}{_did_you_mean(key, options)}")
+        parts = alias_paths()[key].split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {assignment!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpecError(f"{source}: no such sweep file; the shipped ones are in sweeps/ (e.g. sweeps/quick.yaml)")
+    raw = _parse_yaml(path.read_text(), source)
+    raw.setdefault("name", path.stem)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise _format_errors(source, e) from None
+    expand(spec, source)  # surface every trial-level mistake now, before anything runs
+    return spec
+
+
+def _resolve(key: str, source: str, where: str) -> list[str]:
+    paths = alias_paths()
+    if key in paths:
+        return paths[key].split(".")
+    if key in paths.values():
+        return key.split(".")
+    raise SpecError(f"{source}: {where}{key}: unknown trial setting{_did_you_mean(key, list(paths))}; "
+                    f"valid: {', '.join(paths)}")
+
+
+def expand(spec: SweepSpec, source: str = "sweep") -> list[TrialConfig]:
+    """variants x grid x seeds, in that order, each a validated TrialConfig; duplicates dropped."""
+    base = {"dataset": spec.dataset, "model": spec.model, "train": spec.train, "device": spec.device}
+    axes = [(_resolve(k, source, "grid."), v) for k, v in spec.grid.items()]
+    for key, values in spec.grid.items():
+        if not values:
+            raise SpecError(f"{source}: grid.{key}: an axis needs at least one value")
+    rows = spec.variants or [{}]
+    trials: dict[str, TrialConfig] = {}
+    for v_index, variant in enumerate(rows):
+        fixed = [(_resolve(k, source, f"variants[{v_index}]."), val) for k, val in variant.items()]
+        for combo in itertools.product(*(values for _, values in axes)):
+            for seed in spec.seeds:
+                settings = copy.deepcopy(base)
+                for path, value in [*fixed, *zip((p for p, _ in axes), combo), (["seed"], seed)]:
+                    node = settings
+                    for part in path[:-1]:
+                        node = node.setdefault(part, {})
+                    node[path[-1]] = value
+                try:
+                    cfg = TrialConfig.model_validate(settings)
+                except ValidationError as e:
+                    where = f"variants[{v_index}] " if spec.variants else ""
+                    raise _format_errors(source, e, where) from None
+                trials.setdefault(cfg.trial_id, cfg)
+    return list(trials.values())
+
+
+def varying_settings(trials: list[TrialConfig]) -> list[str]:
+    """Aliases of the settings whose value differs between trials (for --dry-run and progress)."""
+    flats = [t.flat() for t in trials]
+    return [k for k in alias_paths() if len({repr(f[k]) for f in flats}) > 1]

@@ -1,0 +1,30 @@
+"""The science of the study: models, data, optimizers, sparsity measurement and the training loop.
+
+Imports torch and torchvision only (no Ray, Optuna or Parquet), so `train(cfg)` runs in a notebook.
+"""
+
+from .config import DataConfig, ModelConfig, TrainConfig, TrialConfig
+from .data import DatasetError, ImageData, check_dataset, load_dataset
+from .models import BasicNet, build_model, conv_blocks
+from .sparsity import dead_by_gamma, filter_stats
+from .train import EpochMetrics, LayerMetrics, TrialResult, train
+
+__all__ = [
+    "TrialConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "DatasetError",
+    "ImageData",
+    "check_dataset",
+    "load_dataset",
+    "BasicNet",
+    "build_model",
+    "conv_blocks",
+    "dead_by_gamma",
+    "filter_stats",
+    "EpochMetrics",
+    "LayerMetrics",
+    "TrialResult",
+    "train",
+]

@@ -1,0 +1,236 @@
+"""The one training loop: `train(cfg, report) -> TrialResult`.
+
+The data stay on the training device as uint8 tensors; batches are gathered by index and flipped as
+batch ops, and the loop reads nothing back from the device inside an epoch (one sync per epoch for
+its metrics). A run whose loss turns NaN/inf stops and returns status "diverged": data, not a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrialConfig
+from .data import BatchLoader, ImageData, load_dataset
+from .models import build_model, conv_blocks
+from .optim import build_optimizer, lr_factor, regularize_, set_lr
+from .sparsity import LayerFilters, dead_by_gamma, filter_stats
+
+__all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "train", "resolve_device", "evaluate"]
+
+Status = Literal["ok", "diverged"]
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    layer: str
+    n_filters: int
+    dead_gamma: int
+    dead_act: int | None = None
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch measured. `epoch` is 1-based (the number of epochs trained so far)."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    test_loss: float
+    test_err: float  # percent of test images misclassified
+    dead_gamma_pct: float  # percent of all conv filters with |gamma| < 1e-3
+    layers: tuple[LayerMetrics, ...]
+    dead_act_pct: float | None = None  # only on epochs where activations were measured
+    diverged: bool = False  # the training loss is NaN/inf; training stops after this epoch
+    filters: dict[str, LayerFilters] | None = field(default=None, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain Python values only (crosses process boundaries): per-filter data as row lists."""
+        record = {k: v for k, v in asdict(self).items() if k not in ("layers", "filters")}
+        record["layers"] = [asdict(layer) for layer in self.layers]
+        record["filters"] = None if self.filters is None else [
+            {
+                "layer": name,
+                "filter": i,
+                "gamma": float(lf.gamma[i]),
+                "beta": float(lf.beta[i]),
+                "max_act": None if lf.max_act is None else float(lf.max_act[i]),
+                "universality": None if lf.universality is None else float(lf.universality[i]),
+            }
+            for name, lf in self.filters.items()
+            for i in range(len(lf.gamma))
+        ]
+        return record
+
+
+@dataclass
+class TrialResult:
+    config: TrialConfig
+    status: Status
+    history: list[EpochMetrics]
+    wall_time_s: float
+    model: nn.Module = field(repr=False)
+    message: str = ""
+
+    @property
+    def trial_id(self) -> str:
+        return self.config.trial_id
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.history[-1] if self.history else None
+
+
+# report(metrics, state): `state` is a checkpoint (see `train`'s `resume`) on checkpoint epochs, else None.
+Report = Callable[[EpochMetrics, dict[str, Any] | None], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, percent error) on the test split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=data.test_x.device)
+    wrong = torch.zeros((), device=data.test_x.device, dtype=torch.long)
+    for x, y in BatchLoader(data, "test", batch_size, shuffle=False, flip=False):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        wrong += (logits.argmax(1) != y).sum()
+    model.train(was_training)
+    n = len(data.test_y)
+    return loss_sum.item() / n, 100.0 * wrong.item() / n
+
+
+def _due(epoch: int, every: int, last: int) -> bool:
+    return epoch == last or (every > 0 and epoch % every == 0)
+
+
+def train(
+    cfg: TrialConfig,
+    report: Report | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    checkpoint_every: int = 0,
+) -> TrialResult:
+    """Train one configuration and measure its sparsity every epoch.
+
+    `report(metrics, state)` is called after each epoch; every `checkpoint_every` epochs (and at
+    the last) `state` holds everything needed to continue: pass it back as `resume` and training
+    picks up after that epoch, bit for bit on the same device.
+    """
+    start_time = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, device)
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        start_epoch = resume["epoch"]
+
+    # drop_last: a final batch of one image would break BatchNorm's training statistics.
+    loader = BatchLoader(data, "train", cfg.train.batch_size, shuffle=True,
+                         flip=cfg.dataset.augment, generator=generator, drop_last=True)
+    total = cfg.train.total_epochs
+    history: list[EpochMetrics] = []
+    status: Status = "ok"
+    message = ""
+    for epoch in range(start_epoch + 1, total + 1):
+        factor = lr_factor(cfg.train, epoch - 1)
+        set_lr(optimizer, factor)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            regularize_(optimizer, cfg.train, factor)
+            optimizer.step()
+            loss_sum += loss.detach()
+        train_loss = loss_sum.item() / len(loader)
+        diverged = not math.isfinite(train_loss)
+
+        if diverged:
+            test_loss, test_err = math.nan, math.nan
+        else:
+            test_loss, test_err = evaluate(model, data, cfg.train.eval_batch_size)
+        measure_act = not diverged and _due(epoch, cfg.train.act_every, total)
+        snapshot = measure_act or _due(epoch, cfg.train.snapshot_every, total)
+        filters = filter_stats(model, data if measure_act else None, cfg.train.eval_batch_size) if snapshot else None
+        metrics = _epoch_metrics(model, epoch, optimizer.param_groups[0]["lr"], train_loss, test_loss, test_err,
+                                 filters, diverged)
+        history.append(metrics)
+        state = None
+        if not diverged and checkpoint_every > 0 and _due(epoch, checkpoint_every, total):
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            }
+        if report is not None:
+            report(metrics, state)
+        if diverged:
+            status, message = "diverged", f"training loss became {train_loss} at epoch {epoch}"
+            break
+    return TrialResult(cfg, status, history, time.perf_counter() - start_time, model, message)
+
+
+def _epoch_metrics(
+    model: nn.Module,
+    epoch: int,
+    lr: float,
+    train_loss: float,
+    test_loss: float,
+    test_err: float,
+    filters: dict[str, LayerFilters] | None,
+    diverged: bool,
+) -> EpochMetrics:
+    counts = dead_by_gamma(model)
+    dead = dict(zip(counts, torch.stack(list(counts.values())).tolist()))  # one device sync
+    sizes = {name: block.bn.num_features for name, block in conv_blocks(model)}
+    layers = tuple(
+        LayerMetrics(
+            layer=name,
+            n_filters=sizes[name],
+            dead_gamma=dead[name],
+            dead_act=None if filters is None or filters[name].dead_act is None
+            else int(filters[name].dead_act.sum()),
+        )
+        for name in dead
+    )
+    n_total = sum(sizes.values())
+    dead_act = [layer.dead_act for layer in layers]
+    return EpochMetrics(
+        epoch=epoch,
+        lr=lr,
+        train_loss=train_loss,
+        test_loss=test_loss,
+        test_err=test_err,
+        dead_gamma_pct=100.0 * sum(dead.values()) / n_total,
+        layers=layers,
+        dead_act_pct=None if None in dead_act else 100.0 * sum(dead_act) / n_total,
+        filters=filters,
+        diverged=diverged,
+    )
+
