@@ -34,7 +34,8 @@ from .version import code_version  # noqa: E402
 __all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
 
 STATE_FILE = "state.pt"
-FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
+FLUSH_EVERY_S = 10.0
+PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup")  # a running trial's epoch rows reach Parquet at least this often
 
 
 def _trainable(config: dict[str, Any]) -> None:
@@ -134,6 +135,7 @@ class StoreCallback(tune.Callback):
             **run.cfg.flat(),
             "epochs_run": last.get("epoch", 0),
             **{k: last.get(k) for k in ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")},
+            **{k: (last.get("pruned") or {}).get(k) for k in PRUNED_COLUMNS},
             "wall_time_s": last.get("time_total_s"),
             "code_version": self.version,
             "error": error,
@@ -236,7 +238,6 @@ def run_sweep(
     version = code_version()
     writer = StoreCallback(store, version)
     callbacks: list[tune.Callback] = [writer, ProgressCallback(len(todo), writer.statuses)]
-    ray_storage = store.uri + "/_tune" if not store.is_local else str(Path(store.path) / "_tune")
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
         param_space={
@@ -252,7 +253,9 @@ def run_sweep(
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=ray_storage,
+            # Tune's checkpoints live beside the results, on the same (possibly remote) filesystem.
+            storage_path=f"{store.path}/_tune",
+            storage_filesystem=None if store.is_local else store.fs,
             callbacks=callbacks,
             verbose=1 if tune_progress else 0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),

@@ -67,6 +67,13 @@ def trials_schema() -> pa.Schema:
             pa.field("test_err", pa.float64()),
             pa.field("dead_gamma_pct", pa.float64()),
             pa.field("dead_act_pct", pa.float64()),
+            # end-of-trial physical pruning of the dead filters (null where not measured)
+            pa.field("pruned_test_err", pa.float64()),
+            pa.field("conv_params_pruned_pct", pa.float64()),
+            pa.field("flops_pruned_pct", pa.float64()),
+            pa.field("pruned_speedup", pa.float64()),
+            # multi-objective searches only: non-dominated among the sweep's finished trials
+            pa.field("on_pareto_front", pa.bool_()),
             pa.field("wall_time_s", pa.float64()),
             pa.field("code_version", pa.string()),
             pa.field("error", pa.string()),
@@ -98,6 +105,7 @@ TABLES: dict[str, pa.Schema] = {
             ("n_filters", pa.int64()),
             ("dead_gamma", pa.int64()),
             ("dead_act", pa.int64()),
+            ("revived", pa.int64()),  # filters re-initialised this epoch by the `revive` remedy
         ]
     ),
     "filters": pa.schema(

@@ -25,10 +25,12 @@ __all__ = [
     "DATASET_NAMES",
     "MODEL_NAMES",
     "ACTIVATION_NAMES",
+    "REMEDY_NAMES",
 ]
 
 OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "adamax", "rmsprop", "adagrad", "adadelta")
 REGULARIZER_NAMES = ("none", "l2", "wd", "l1_gamma")
+REMEDY_NAMES = ("none", "leaky_relu", "gamma_lr_scale", "revive", "psbn")
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
 MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
 ACTIVATION_NAMES = ("relu", "leaky_relu")
@@ -109,6 +111,8 @@ class TrainConfig(_Section):
     act_every: int = Field(0, ge=0, description="measure dead-by-activation every k epochs (0: at the end only)")
     snapshot_every: int = Field(0, ge=0, description="per-filter gamma/beta snapshot every k epochs (0: at the end only)")
     eval_batch_size: int = Field(1000, gt=0)
+    remedy: str = Field("none", description="fix for collapsed filters (see sparsity_core.remedies)")
+    revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs")
 
     @field_validator("optimizer")
     @classmethod
@@ -119,6 +123,11 @@ class TrainConfig(_Section):
     @classmethod
     def _known_reg(cls, v: str) -> str:
         return _one_of(v, REGULARIZER_NAMES, "regularizer")
+
+    @field_validator("remedy")
+    @classmethod
+    def _known_remedy(cls, v: str) -> str:
+        return _one_of(v, REMEDY_NAMES, "remedy")
 
     @field_validator("lr_steps")
     @classmethod

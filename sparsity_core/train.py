@@ -21,6 +21,7 @@ from .config import TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
 from .models import build_model, conv_blocks
 from .optim import build_optimizer, lr_factor, regularize_, set_lr
+from .remedies import build_remedy
 from .sparsity import LayerFilters, dead_by_gamma, filter_stats
 
 __all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "train", "resolve_device", "evaluate"]
@@ -34,6 +35,7 @@ class LayerMetrics:
     n_filters: int
     dead_gamma: int
     dead_act: int | None = None
+    revived: int | None = None  # filters the `revive` remedy re-initialised after this epoch
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class EpochMetrics:
     layers: tuple[LayerMetrics, ...]
     dead_act_pct: float | None = None  # only on epochs where activations were measured
     diverged: bool = False  # the training loss is NaN/inf; training stops after this epoch
+    # last epoch only: the dead filters physically removed (pruned_test_err, conv_params_pruned_pct, ...)
+    pruned: dict[str, float] | None = None
     filters: dict[str, LayerFilters] | None = field(default=None, repr=False)
 
     def to_record(self) -> dict[str, Any]:
@@ -134,9 +138,12 @@ def train(
     start_time = time.perf_counter()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, device)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-    optimizer = build_optimizer(model, cfg.train)
+    remedy = build_remedy(cfg)
+    run_cfg = remedy.configure(cfg)
+    data = load_dataset(run_cfg.dataset, device)
+    model = build_model(run_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+    model = remedy.prepare_model(model).to(device)
+    optimizer = build_optimizer(model, run_cfg.train)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     start_epoch = 0
@@ -148,14 +155,14 @@ def train(
         start_epoch = resume["epoch"]
 
     # drop_last: a final batch of one image would break BatchNorm's training statistics.
-    loader = BatchLoader(data, "train", cfg.train.batch_size, shuffle=True,
-                         flip=cfg.dataset.augment, generator=generator, drop_last=True)
-    total = cfg.train.total_epochs
+    loader = BatchLoader(data, "train", run_cfg.train.batch_size, shuffle=True,
+                         flip=run_cfg.dataset.augment, generator=generator, drop_last=True)
+    total = run_cfg.train.total_epochs
     history: list[EpochMetrics] = []
     status: Status = "ok"
     message = ""
     for epoch in range(start_epoch + 1, total + 1):
-        factor = lr_factor(cfg.train, epoch - 1)
+        factor = lr_factor(run_cfg.train, epoch - 1)
         set_lr(optimizer, factor)
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -163,21 +170,22 @@ def train(
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            regularize_(optimizer, cfg.train, factor)
+            regularize_(optimizer, run_cfg.train, factor)
             optimizer.step()
             loss_sum += loss.detach()
         train_loss = loss_sum.item() / len(loader)
         diverged = not math.isfinite(train_loss)
+        revived = None if diverged else remedy.after_epoch(model, optimizer, epoch, data)
 
         if diverged:
             test_loss, test_err = math.nan, math.nan
         else:
-            test_loss, test_err = evaluate(model, data, cfg.train.eval_batch_size)
-        measure_act = not diverged and _due(epoch, cfg.train.act_every, total)
-        snapshot = measure_act or _due(epoch, cfg.train.snapshot_every, total)
-        filters = filter_stats(model, data if measure_act else None, cfg.train.eval_batch_size) if snapshot else None
+            test_loss, test_err = evaluate(model, data, run_cfg.train.eval_batch_size)
+        measure_act = not diverged and _due(epoch, run_cfg.train.act_every, total)
+        snapshot = measure_act or _due(epoch, run_cfg.train.snapshot_every, total)
+        filters = filter_stats(model, data if measure_act else None, run_cfg.train.eval_batch_size) if snapshot else None
         metrics = _epoch_metrics(model, epoch, optimizer.param_groups[0]["lr"], train_loss, test_loss, test_err,
-                                 filters, diverged)
+                                 filters, diverged, revived)
         history.append(metrics)
         state = None
         if not diverged and checkpoint_every > 0 and _due(epoch, checkpoint_every, total):
@@ -205,6 +213,7 @@ def _epoch_metrics(
     test_err: float,
     filters: dict[str, LayerFilters] | None,
     diverged: bool,
+    revived: dict[str, int] | None,
 ) -> EpochMetrics:
     counts = dead_by_gamma(model)
     dead = dict(zip(counts, torch.stack(list(counts.values())).tolist()))  # one device sync
@@ -216,6 +225,7 @@ def _epoch_metrics(
             dead_gamma=dead[name],
             dead_act=None if filters is None or filters[name].dead_act is None
             else int(filters[name].dead_act.sum()),
+            revived=None if revived is None else revived.get(name, 0),
         )
         for name in dead
     )
