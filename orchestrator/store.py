@@ -1,19 +1,23 @@
 """Parquet results: one file per trial and table, written atomically by the driver alone.
 
-Layout under `<results>/<sweep>/` (a local folder or any URI pyarrow.fs understands, e.g. s3://):
+Layout under `<results>/<sweep>/` (a local folder or any URI pyarrow.fs understands, e.g.
+`s3://bucket/prefix`, or `s3://bucket/prefix?endpoint_override=host:9000&scheme=http` for an
+S3-compatible server such as MinIO; credentials come from the usual AWS_* variables):
 - `trials/<trial_id>.parquet`: one row per finished trial (status ok / diverged / failed);
 - `epochs/<trial_id>.parquet`: one row per epoch, rewritten as the trial runs;
 - `layers/<trial_id>.parquet`: per epoch and conv layer, filter counts dead by gamma / activation;
 - `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality on the epochs
   where they were measured.
 Each table has one fixed Arrow schema, so `polars.scan_parquet("<dir>/<table>/*.parquet")` reads all.
-A file is written to a hidden temporary name and renamed, so readers never see half a file.
+A file is written to a hidden temporary name and renamed, so readers never see half a file (on S3
+the rename is a server-side copy, which is all or nothing too).
 """
 
 from __future__ import annotations
 
 import types
 import typing
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -123,16 +127,29 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+def _sweep_uri(root: str, sweep: str) -> str:
+    """`root` with `/<sweep>` appended to its path, for the logs.
+
+    The query holds filesystem options, not path: `s3://bucket/prefix?endpoint_override=host:9000&scheme=http`
+    becomes `s3://bucket/prefix/<sweep>?endpoint_override=host:9000&scheme=http`. Credentials written
+    into the URI (`s3://KEY:SECRET@bucket`) are left out.
+    """
+    parts = urllib.parse.urlsplit(root)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, f"{parts.path.rstrip('/')}/{sweep}", parts.query, ""))
+
+
 class ResultStore:
     """The results of one sweep: `<root>/<sweep>/<table>/<trial_id>.parquet`."""
 
     def __init__(self, root: str, sweep: str):
         if "://" in root:
             self.fs, base = pafs.FileSystem.from_uri(root)
+            self.uri = _sweep_uri(root, sweep)
         else:
             self.fs, base = pafs.LocalFileSystem(), str(Path(root).resolve())
-        self.uri = root.rstrip("/") + "/" + sweep if "://" in root else str(Path(base) / sweep)
-        self.path = f"{base.rstrip('/')}/{sweep}"
+            self.uri = str(Path(base) / sweep)
+        self.path = f"{base.rstrip('/')}/{sweep}"  # in `fs`: no scheme, no query (`bucket/prefix/<sweep>`)
         self.sweep = sweep
 
     @property

@@ -17,8 +17,6 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torchvision import datasets, transforms
 
 from sparsity_core.config import DataConfig
@@ -80,6 +78,10 @@ class _Splits(NamedTuple):
 
 
 def _digits(cfg: DataConfig) -> _Splits:
+    # Imported here: scikit-learn takes a second to import and pulls in pandas and pyarrow.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     # Pixels count set bits in 4x4 blocks of the scanned digit, 0..16; rescale to 0..255.
     images = np.rint(bunch.images * 255 / 16).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]

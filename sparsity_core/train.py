@@ -7,6 +7,7 @@ its metrics). A run whose loss turns NaN/inf stops and returns status "diverged"
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -189,13 +190,14 @@ def train(
         history.append(metrics)
         state = None
         if not diverged and checkpoint_every > 0 and _due(epoch, checkpoint_every, total):
-            state = {
+            # A snapshot, not views of the live tensors that the next epoch would overwrite.
+            state = copy.deepcopy({
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
-            }
+            })
         if report is not None:
             report(metrics, state)
         if diverged:

@@ -1,0 +1,59 @@
+import pytest
+from pydantic import ValidationError
+
+from sparsity_core.config import TrialConfig, alias_paths
+
+
+def test_trial_id_is_stable_and_content_based():
+    a = TrialConfig.model_validate({"train": {"optimizer": "sgd", "strength": 1e-3}})
+    b = TrialConfig.model_validate({"train": {"strength": 0.001, "optimizer": "sgd"}})
+    c = TrialConfig.model_validate({"train": {"optimizer": "sgd", "strength": 1e-4}})
+    assert a.trial_id == b.trial_id != c.trial_id
+    assert len(a.trial_id) == 12
+    # Spelling out a default does not change the id (defaults are left out of the hash).
+    assert TrialConfig.model_validate({"train": {"batch_size": 40}}).trial_id == TrialConfig().trial_id
+
+
+def test_config_is_frozen():
+    cfg = TrialConfig()
+    with pytest.raises(ValidationError):
+        cfg.seed = 3
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"train": {"optimzer": "adam"}}, "train.optimzer"),
+        ({"train": {"optimizer": "adamw"}}, "train.optimizer"),
+        ({"train": {"strength": -1e-3}}, "train.strength"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+        ({"train": {"epochs": -1}}, "train.epochs"),
+        ({"train": {"gamma_lr_scale": 0}}, "train.gamma_lr_scale"),
+        ({"model": {"negative_slope": 1.0}}, "model.negative_slope"),
+        ({"model": {"name": "resnet"}}, "model.name"),
+        ({"dataset": {"name": "cifar10"}}, "dataset"),
+        ({"train": {"lr_steps": [250, 100]}}, "train.lr_steps"),
+    ],
+)
+def test_bad_settings_name_their_key(settings, key):
+    with pytest.raises(ValidationError) as err:
+        TrialConfig.model_validate(settings)
+    locs = {".".join(map(str, e["loc"])) for e in err.value.errors()}
+    assert any(loc.startswith(key) for loc in locs), locs
+
+
+def test_aliases_are_unique_and_cover_every_setting():
+    paths = alias_paths()
+    assert paths["optimizer"] == "train.optimizer"
+    assert paths["dataset"] == "dataset.name" and paths["model"] == "model.name"
+    assert set(TrialConfig().flat()) == set(paths)
+
+
+def test_batch_size_rule_keeps_iterations():
+    cfg = TrialConfig.model_validate(
+        {"train": {"batch_size": 160, "reference_batch_size": 40, "epochs": 325, "lr_steps": [250]}}
+    )
+    assert cfg.train.total_epochs == 1300
+    assert cfg.train.milestones == (1000,)
+    plain = TrialConfig.model_validate({"train": {"batch_size": 160}})
+    assert plain.train.total_epochs == 325

@@ -1,0 +1,12 @@
+import subprocess
+import sys
+
+
+def test_sparsity_core_imports_no_orchestration_libraries():
+    code = (
+        "import sys, sparsity_core, sparsity_core.train; "
+        "bad = [m for m in ('ray', 'optuna', 'polars', 'plotly', 'pyarrow', 'pandas') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
