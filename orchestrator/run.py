@@ -8,12 +8,14 @@ are skipped. Exit codes: 0 all trials ok or diverged, 1 some failed, 2 bad input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestrator.guard import GuardError, SweepLock, check_reachable, check_writable  # noqa: E402
 from orchestrator.spec import SpecError, expand, load_spec  # noqa: E402
 from sparsity_core.data import DatasetError, check_dataset  # noqa: E402
 
@@ -55,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.store import ResultStore
 
     store = ResultStore(args.results, spec.name)
-    connect(args.address)
-    summary = run_sweep(spec, trials, store, force=args.force, tune_progress=args.tune_progress)
+    try:
+        check_writable(store)
+        with SweepLock(store):
+            check_reachable(args.address or os.environ.get("RAY_ADDRESS"))
+            connect(args.address)
+            summary = run_sweep(spec, trials, store, force=args.force, tune_progress=args.tune_progress)
+    except GuardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("\n".join(summary.lines()))
     for trial_id in summary.failed:
         print(f"failed: {trial_id}", file=sys.stderr)

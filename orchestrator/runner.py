@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import sys
@@ -20,7 +21,10 @@ from typing import Any
 
 # Tune's automatic CSV/JSON/TensorBoard loggers grow the driver's memory; we write Parquet ourselves.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# The legacy console output honours verbose=0; our ProgressCallback prints the progress lines.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
@@ -34,16 +38,23 @@ from .version import code_version  # noqa: E402
 __all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
 
 STATE_FILE = "state.pt"
+META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
 FLUSH_EVERY_S = 10.0
 PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup")  # a running trial's epoch rows reach Parquet at least this often
 
 
-def _trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: train the config, report each epoch, checkpoint when the trainer says so."""
+def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) -> None:
+    """One Tune trial: train the config, report each epoch, checkpoint when the trainer says so.
+
+    It continues from Tune's own checkpoint when Tune retries it, else from `resume_from` (the
+    driver's pick among checkpoints that an earlier, interrupted run of the sweep left behind).
+    """
     torch.set_num_threads(max(1, int(config["threads"])))
     cfg = TrialConfig.model_validate(config["trial"])
-    resume = None
     checkpoint = tune.get_checkpoint()
+    if checkpoint is None and cfg.trial_id in resume_from:
+        checkpoint = tune.Checkpoint(resume_from[cfg.trial_id], filesystem=filesystem)
+    resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = torch.load(Path(folder) / STATE_FILE, weights_only=False)
@@ -53,11 +64,36 @@ def _trainable(config: dict[str, Any]) -> None:
         if state is None:
             tune.report(record)
             return
+        record["checkpointed"] = True
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
+            (Path(folder) / META_FILE).write_text(json.dumps({"epoch": state["epoch"]}))
             tune.report(record, checkpoint=tune.Checkpoint.from_directory(folder))
 
     train(cfg, report, resume=resume, checkpoint_every=config["checkpoint_every"])
+
+
+def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
+    """trial_id -> the newest checkpoint an earlier run left whose epochs all reached Parquet.
+
+    A checkpoint newer than the trial's flushed epoch rows would leave a gap in them, so it is
+    passed over for an older one (Tune keeps two per trial).
+    """
+    selector = pafs.FileSelector(f"{store.path}/_tune", recursive=True, allow_not_found=True)
+    flushed: dict[str, int] = {}
+    best: dict[str, tuple[int, str]] = {}
+    for info in store.fs.get_file_info(selector):
+        if info.base_name != META_FILE:
+            continue
+        folder = info.path.rsplit("/", 1)[0]
+        trial_id = folder.rsplit("/", 2)[-2]
+        if trial_id not in flushed:
+            flushed[trial_id] = max((row["epoch"] for row in store.read("epochs", trial_id)), default=0)
+        with store.fs.open_input_stream(info.path) as f:
+            epoch = json.loads(f.readall())["epoch"]
+        if epoch <= flushed[trial_id] and epoch > best.get(trial_id, (0, ""))[0]:
+            best[trial_id] = (epoch, folder)
+    return {trial_id: folder for trial_id, (_, folder) in best.items()}
 
 
 @dataclass
@@ -112,7 +148,8 @@ class StoreCallback(tune.Callback):
         for f in result["filters"] or []:
             run.filters[(epoch, f["layer"], f["filter"])] = {"trial_id": tid, "epoch": epoch, **f}
         run.last = result
-        if time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
+        # Flushing at each checkpoint keeps the rows of every checkpointed epoch on disk.
+        if result.get("checkpointed") or time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
             self._flush(run)
 
     def _flush(self, run: _Running) -> None:
@@ -207,14 +244,14 @@ class SweepSummary:
                 + ", ".join(f"{n} {s}" for s, n in counts.items())]
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> None:
+def connect(address: str | None) -> None:
     """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets it), else start an embedded Ray."""
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
 
 
 def run_sweep(
@@ -235,11 +272,21 @@ def run_sweep(
     if not todo:
         return SweepSummary(len(trials), skipped, {})
 
+    store.remove_temporaries()
+    todo_ids = {t.trial_id for t in todo}
+    resume_from = {} if force else {
+        trial_id: path for trial_id, path in resumable_checkpoints(store).items() if trial_id in todo_ids
+    }
+    if resume_from:
+        print(f"{len(resume_from)} unfinished trials continue from their last checkpoint", flush=True)
     version = code_version()
     writer = StoreCallback(store, version)
     callbacks: list[tune.Callback] = [writer, ProgressCallback(len(todo), writer.statuses)]
     tuner = tune.Tuner(
-        tune.with_resources(_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        tune.with_resources(
+            tune.with_parameters(_trainable, filesystem=store.fs, resume_from=resume_from),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        ),
         param_space={
             "trial": tune.grid_search([t.model_dump(mode="json") for t in todo]),
             "checkpoint_every": spec.checkpoint_every,
@@ -259,9 +306,13 @@ def run_sweep(
             callbacks=callbacks,
             verbose=1 if tune_progress else 0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
+    if not tune_progress:
+        # Tune's end-of-run notes (where its own files went, metrics it cannot find because its
+        # loggers are off) are noise next to our Parquet store.
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
     tuner.fit()
     return SweepSummary(len(trials), skipped, dict(writer.statuses))
 

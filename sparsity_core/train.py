@@ -22,6 +22,7 @@ from .config import TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
 from .models import build_model, conv_blocks
 from .optim import build_optimizer, lr_factor, regularize_, set_lr
+from .prune import pruned_metrics
 from .remedies import build_remedy
 from .sparsity import LayerFilters, dead_by_gamma, filter_stats
 
@@ -158,6 +159,9 @@ def train(
     # drop_last: a final batch of one image would break BatchNorm's training statistics.
     loader = BatchLoader(data, "train", run_cfg.train.batch_size, shuffle=True,
                          flip=run_cfg.dataset.augment, generator=generator, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {run_cfg.train.batch_size} exceeds the {len(data.train_y)} "
+                         f"training images of {run_cfg.dataset.name!r}; use a smaller train.batch_size")
     total = run_cfg.train.total_epochs
     history: list[EpochMetrics] = []
     status: Status = "ok"
@@ -185,8 +189,10 @@ def train(
         measure_act = not diverged and _due(epoch, run_cfg.train.act_every, total)
         snapshot = measure_act or _due(epoch, run_cfg.train.snapshot_every, total)
         filters = filter_stats(model, data if measure_act else None, run_cfg.train.eval_batch_size) if snapshot else None
+        # The paper's practical claim, checked on every trial: remove the dead filters, re-test.
+        pruned = pruned_metrics(model, data, run_cfg.train.eval_batch_size) if epoch == total and not diverged else None
         metrics = _epoch_metrics(model, epoch, optimizer.param_groups[0]["lr"], train_loss, test_loss, test_err,
-                                 filters, diverged, revived)
+                                 filters, diverged, revived, pruned)
         history.append(metrics)
         state = None
         if not diverged and checkpoint_every > 0 and _due(epoch, checkpoint_every, total):
@@ -216,6 +222,7 @@ def _epoch_metrics(
     filters: dict[str, LayerFilters] | None,
     diverged: bool,
     revived: dict[str, int] | None,
+    pruned: dict[str, float] | None,
 ) -> EpochMetrics:
     counts = dead_by_gamma(model)
     dead = dict(zip(counts, torch.stack(list(counts.values())).tolist()))  # one device sync
@@ -244,5 +251,6 @@ def _epoch_metrics(
         dead_act_pct=None if None in dead_act else 100.0 * sum(dead_act) / n_total,
         filters=filters,
         diverged=diverged,
+        pruned=pruned,
     )
 

@@ -1,0 +1,145 @@
+"""The runner on a real local Ray, through the real CLI, with real Parquet files."""
+
+import os
+import signal
+import time
+
+import polars as pl
+import pytest
+import torch
+
+from orchestrator.spec import expand, load_spec
+from sparsity_core import train
+
+from .integration import TINY, run_cli, start_cli, table, write_sweep
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_trial_sweep_lands_in_parquet_and_resumes(tmp_path):
+    sweep = write_sweep(tmp_path, TINY + "grid: {optimizer: [adam, sgd]}\n")
+    results = tmp_path / "results"
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2/2 done (2 ok)" in out.stdout
+
+    trials = table(results, "tiny", "trials")
+    assert sorted(trials["optimizer"]) == ["adam", "sgd"]
+    assert set(trials["status"]) == {"ok"}
+    for column in ("trial_id", "reg", "strength", "batch_size", "seed", "dataset", "model", "train_loss",
+                   "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct", "wall_time_s", "code_version"):
+        assert trials[column].null_count() == 0, column
+    epochs = table(results, "tiny", "epochs")
+    assert epochs.height == 4 and sorted(epochs["epoch"].unique()) == [1, 2]
+    assert sorted(epochs.filter(epochs["epoch"] == 2)["lr"]) == pytest.approx([1e-4, 1e-2])
+    layers = table(results, "tiny", "layers")
+    assert layers.height == 2 * 2 * 7
+    assert layers.filter(layers["epoch"] == 2)["dead_act"].null_count() == 0
+    assert table(results, "tiny", "filters")["gamma"].len() > 0
+
+    files = sorted((results / "tiny").glob("*/*.parquet"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    again = run_cli(sweep, "--results", results)
+    assert again.returncode == 0
+    assert "2 already finished, 0 to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+
+    grown = write_sweep(tmp_path, TINY + "grid: {optimizer: [adam, sgd, rmsprop]}\n")
+    more = run_cli(grown, "--results", results)
+    assert "2 already finished, 1 to run" in more.stdout
+    assert table(results, "tiny", "trials").height == 3
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+
+
+def test_diverged_and_failing_trials(tmp_path):
+    # A planted NaN (an absurd SGD learning rate) and a planted exception (a corrupt image file).
+    data = tmp_path / "images"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = data / split / cls
+            folder.mkdir(parents=True)
+            (folder / "broken.png").write_bytes(b"not a png")
+    sweep = write_sweep(tmp_path, TINY + f"""\
+retries: 1
+variants:
+  - {{optimizer: sgd, lr: 1.0e+8}}
+  - {{dataset: imagefolder, root: {data}, image_size: 8}}
+""")
+    out = run_cli(sweep, "--results", tmp_path / "results")
+    assert out.returncode == 1, out.stdout + out.stderr
+    trials = table(tmp_path / "results", "tiny", "trials")
+    status = dict(zip(trials["dataset"], trials["status"]))
+    assert status == {"synthetic": "diverged", "imagefolder": "failed"}
+    error = trials.filter(trials["status"] == "failed")["error"][0]
+    assert "UnidentifiedImageError" in error or "cannot identify image" in error
+    assert "1 diverged, 1 failed" in out.stdout
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path):
+    sweep = write_sweep(tmp_path, """\
+dataset: {name: digits}
+model: {width: 0.125}
+train: {epochs: 40, lr_steps: [30], optimizer: adam, reg: l2, strength: 1.0e-3, snapshot_every: 0}
+device: cpu
+grid: {optimizer: [adam, sgd]}
+resources: {cpu: 1, max_concurrent: 1}
+checkpoint_every: 4
+""")
+    results = tmp_path / "results"
+    proc = start_cli(sweep, "--results", results)
+    trials_dir = results / "tiny" / "trials"
+    deadline = time.monotonic() + 240
+    first_done, running = None, None
+    while time.monotonic() < deadline:
+        done = sorted(trials_dir.glob("*.parquet")) if trials_dir.exists() else []
+        first_done = first_done or (done[0] if done else None)
+        if first_done is not None:
+            epochs = table(results, "tiny", "epochs").filter(pl.col("trial_id") != first_done.stem)
+            if epochs.height and epochs["epoch"].max() >= 8:
+                running = epochs["trial_id"][0]
+                break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the sweep did not reach the second trial in time")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stamp = first_done.stat().st_mtime_ns
+
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 already finished, 1 to run" in out.stdout
+    assert "1 unfinished trials continue from their last checkpoint" in out.stdout
+    assert first_done.stat().st_mtime_ns == stamp
+    assert not list((results / "tiny").glob("*/.tmp-*"))
+
+    epochs = table(results, "tiny", "epochs")
+    assert epochs.height == 80
+    assert epochs.select(["trial_id", "epoch"]).is_duplicated().sum() == 0
+    trials = table(results, "tiny", "trials")
+    assert trials.height == 2 and set(trials["status"]) == {"ok"}
+
+    # The resumed trial ends where an uninterrupted run with the same seed ends.
+    resumed = next(t for t in expand(load_spec(sweep)) if t.trial_id == running)
+    torch.set_num_threads(1)
+    reference = train(resumed).final
+    row = trials.filter(trials["trial_id"] == resumed.trial_id).row(0, named=True)
+    assert row["train_loss"] == pytest.approx(reference.train_loss, rel=1e-4)
+    assert row["test_err"] == pytest.approx(reference.test_err, abs=0.5)
+    assert row["dead_gamma_pct"] == pytest.approx(reference.dead_gamma_pct, abs=0.5)
+
+
+def test_second_orchestrator_on_the_same_results_refuses(tmp_path):
+    sweep = write_sweep(tmp_path, TINY.replace("epochs: 2", "epochs: 400").replace("lr_steps: [1]", "lr_steps: []"))
+    results = tmp_path / "results"
+    first = start_cli(sweep, "--results", results)
+    try:
+        deadline = time.monotonic() + 60
+        while not (results / "tiny" / ".lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        second = run_cli(sweep, "--results", results, timeout=60)
+        assert second.returncode == 2
+        assert "another orchestrator" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()

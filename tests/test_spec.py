@@ -1,0 +1,141 @@
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import SpecError, apply_override, expand, load_spec, varying_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+PAPER = ROOT / "orchestrator" / "reference"
+# sweep file -> (paper CSV, dataset of rows that do not name one)
+PAPER_SWEEPS = {
+    "supp_table1.yaml": ("supp_table1_cifar10.csv", "cifar10"),
+    "supp_table2.yaml": ("supp_table2_cifar100.csv", "cifar100"),
+    "supp_table3.yaml": ("supp_table3_cifar100_adam_l2_1e-4.csv", "cifar100"),
+    "supp_table4.yaml": ("supp_table4_l2.csv", None),
+}
+# CSV columns that are trial settings, with the defaults that an empty CSV cell stands for.
+SETTING_COLUMNS = {"optimizer": None, "reg": None, "strength": None, "activation": "relu",
+                   "negative_slope": 0.01, "gamma_init": 1.0, "beta_init": 0.0,
+                   "gamma_lr_scale": 1.0, "beta_lr_scale": 1.0, "dataset": None}
+
+
+def test_sweep_files_are_shipped():
+    names = {p.name for p in SWEEPS}
+    assert {"quick.yaml", "table1.yaml", "batch_size.yaml", *PAPER_SWEEPS} <= names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_parses_and_expands(path):
+    spec = load_spec(path)
+    trials = expand(spec, str(path))
+    assert trials, "a sweep with no trials"
+    assert len({t.trial_id for t in trials}) == len(trials)
+    assert {t.seed for t in trials} == set(spec.seeds)
+
+
+def _key(values: dict, columns: list[str]) -> tuple:
+    out = []
+    for col in columns:
+        value = values[col]
+        out.append(float(value) if col not in ("optimizer", "reg", "activation", "dataset") else value)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("sweep, table", PAPER_SWEEPS.items(), ids=list(PAPER_SWEEPS))
+def test_paper_sweeps_expand_to_exactly_the_csv_rows(sweep, table):
+    csv_name, dataset = table
+    with open(PAPER / csv_name) as f:
+        rows = list(csv.DictReader(f))
+    columns = [c for c in SETTING_COLUMNS if c in rows[0] or c == "dataset"]
+    expected = Counter()
+    for row in rows:
+        values = {c: row.get(c) or SETTING_COLUMNS[c] for c in columns}
+        values["dataset"] = row.get("dataset") or dataset
+        expected[_key(values, columns)] += 1
+    spec = load_spec(ROOT / "sweeps" / sweep)
+    trials = expand(spec)
+    got = Counter(_key(t.flat(), columns) for t in trials)
+    assert got == Counter({k: n * len(spec.seeds) for k, n in expected.items()})
+
+
+def test_table1_is_the_main_papers_grid():
+    trials = expand(load_spec(ROOT / "sweeps" / "table1.yaml"))
+    assert len(trials) == 2 * 4 * 2 * 3 * 3
+    assert {t.train.optimizer for t in trials} == {"sgd", "adam", "adadelta", "adagrad"}
+    assert all(t.train.total_epochs == 325 and t.train.milestones == (250,) for t in trials)
+
+
+def test_batch_size_sweep_keeps_iterations():
+    trials = expand(load_spec(ROOT / "sweeps" / "batch_size.yaml"))
+    steps = {t.train.batch_size: t.train.total_epochs / t.train.batch_size for t in trials}
+    assert sorted(steps) == [40, 80, 160, 320, 640]
+    assert len(set(steps.values())) == 1
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "dataset: {name: synthetic}\nmodel: {width: 0.125}\ntrain: {epochs: 2, lr_steps: [1]}\n"
+
+
+def test_grid_variants_seeds_and_dedupe(tmp_path):
+    path = _write(tmp_path, BASE + (
+        "grid: {optimizer: [adam, sgd], train.reg: [l2, wd]}\n"
+        "variants: [{strength: 1.0e-3}, {strength: 1.0e-4}, {strength: 0.001}]\n"
+        "seeds: [0, 1]\n"))
+    trials = expand(load_spec(path))
+    assert len(trials) == 2 * 2 * 2 * 2  # the third variant repeats the first
+    assert varying_settings(trials) == ["optimizer", "reg", "strength", "seed"]
+
+
+def test_overrides_by_dotted_key_and_alias(tmp_path):
+    path = _write(tmp_path, BASE + "grid: {optimizer: [adam, sgd]}\n")
+    spec = load_spec(path, ["train.epochs=5", "seeds=[3, 4]", "grid.optimizer=[adam]", "strength=1e-3"])
+    trials = expand(spec)
+    assert [(t.train.epochs, t.seed, t.train.optimizer, t.train.strength) for t in trials] == [
+        (5, 3, "adam", 1e-3), (5, 4, "adam", 1e-3)]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE + "gird: {optimizer: [adam]}\n", "gird: unknown key (did you mean 'grid'?)"),
+        (BASE.replace("epochs: 2", "epohcs: 2"), "train.epohcs: unknown key (did you mean 'epochs'?)"),
+        (BASE + "grid: {optimiser: [adam]}\n", "grid.optimiser: unknown trial setting (did you mean 'optimizer'?)"),
+        (BASE + "grid: {optimizer: [adamw]}\n", "unknown optimizer 'adamw'; valid: sgd, adam"),
+        (BASE + "grid: {strength: [-1.0]}\n", "train.strength: Input should be greater than or equal to 0"),
+        (BASE + "grid: {reg: [l3]}\n", "unknown regularizer 'l3'"),
+        (BASE.replace("synthetic", "mnist"), "unknown dataset 'mnist'"),
+        (BASE + "model: {name: resnet}\n", "unknown model 'resnet'"),
+        (BASE.replace("epochs: 2", "epochs: 0"), "train.epochs: Input should be greater than 0"),
+        (BASE + "train: {batch_size: -4}\n", "train.batch_size"),
+        (BASE + "grid: {gamma_lr_scale: [0]}\n", "train.gamma_lr_scale: Input should be greater than 0"),
+        (BASE + "grid: {negative_slope: [1.5]}\n", "model.negative_slope: Input should be less than 1"),
+        (BASE + "seeds: 3\n", "seeds: Input should be a valid list"),
+        (BASE + "grid: {optimizer: adam}\n", "grid.optimizer: Input should be a valid list"),
+        (BASE + "resources: {cpu: 0}\n", "resources.cpu: Input should be greater than 0"),
+        ("grid: [\n", "not valid YAML at line"),
+        ("", "the file is empty"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
+def test_bad_sweep_files_name_the_key_and_the_fix(tmp_path, text, expected):
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path, text))
+    assert expected in str(err.value)
+    assert str(tmp_path / "sweep.yaml") in str(err.value)
+
+
+def test_missing_file_and_bad_overrides(tmp_path):
+    with pytest.raises(SpecError, match="no such sweep file"):
+        load_spec(tmp_path / "nope.yaml")
+    for bad, message in [("train.epochs", "expected KEY=VALUE"), ("epohcs=2", "did you mean 'epochs'"),
+                         ("train.epochs=[", "not valid YAML")]:
+        with pytest.raises(SpecError, match=message):
+            apply_override({}, bad)
