@@ -111,6 +111,10 @@ class TrainConfig(_Section):
     act_every: int = Field(0, ge=0, description="measure dead-by-activation every k epochs (0: at the end only)")
     snapshot_every: int = Field(0, ge=0, description="per-filter gamma/beta snapshot every k epochs (0: at the end only)")
     eval_batch_size: int = Field(1000, gt=0)
+    compile: bool = Field(False, description="torch.compile the training step's model")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast of the training step on CUDA (BN statistics stay fp32)"
+    )
     remedy: str = Field("none", description="fix for collapsed filters (see sparsity_core.remedies)")
     revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs")
 

@@ -305,6 +305,7 @@ class BatchLoader:
         flip: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.data = data
         self.x, self.y = {
@@ -321,6 +322,8 @@ class BatchLoader:
         self.flip = flip
         self.generator = generator
         self.drop_last = drop_last
+        # NHWC batches feed tensor-core convolutions on GPUs without a layout change per layer.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         n = self.x.shape[0]
@@ -334,10 +337,11 @@ class BatchLoader:
             if self.shuffle
             else torch.arange(n, device=device)
         )
+        if self.flip:  # each image mirrored left-right with probability 1/2, drawn once per pass
+            flips = torch.rand(n, 1, 1, 1, generator=self.generator, device=device) < 0.5
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             x, y = self.x[index], self.y[index]
-            if self.flip:  # each image mirrored left-right with probability 1/2
-                mask = torch.rand(index.shape[0], 1, 1, 1, generator=self.generator, device=device)
-                x = torch.where(mask < 0.5, x.flip(3), x)
-            yield self.data.normalize(x), y
+            if self.flip:
+                x = torch.where(flips[start : start + self.batch_size], x.flip(3), x)
+            yield self.data.normalize(x).contiguous(memory_format=self.memory_format), y

@@ -156,9 +156,14 @@ def train(
         torch.set_rng_state(resume["torch_rng"])
         start_epoch = resume["epoch"]
 
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if run_cfg.train.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and run_cfg.train.precision == "bf16")
     # drop_last: a final batch of one image would break BatchNorm's training statistics.
-    loader = BatchLoader(data, "train", run_cfg.train.batch_size, shuffle=True,
-                         flip=run_cfg.dataset.augment, generator=generator, drop_last=True)
+    loader = BatchLoader(data, "train", run_cfg.train.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
+                         generator=generator, drop_last=True, channels_last=on_gpu)
     if len(loader) == 0:
         raise ValueError(f"batch_size {run_cfg.train.batch_size} exceeds the {len(data.train_y)} "
                          f"training images of {run_cfg.dataset.name!r}; use a smaller train.batch_size")
@@ -172,7 +177,8 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
+            with autocast:
+                loss = F.cross_entropy(step_model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             regularize_(optimizer, run_cfg.train, factor)
