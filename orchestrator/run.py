@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ResultStore(args.results, spec.name)
     try:
+        check_reachable(args.address or os.environ.get("RAY_ADDRESS"))
         check_writable(store)
         with SweepLock(store):
-            check_reachable(args.address or os.environ.get("RAY_ADDRESS"))
             connect(args.address)
             summary = run_sweep(spec, trials, store, force=args.force, tune_progress=args.tune_progress)
     except GuardError as e:
