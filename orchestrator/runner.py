@@ -7,6 +7,7 @@ so workers never need the results filesystem.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import logging
@@ -24,13 +25,16 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # The legacy console output honours verbose=0; our ProgressCallback prints the progress lines.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import polars as pl  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from sparsity_core import TrialConfig, train  # noqa: E402
+from sparsity_core.config import alias_paths  # noqa: E402
 
+from .search import default_storage, make_searcher, pareto_front, trials_left  # noqa: E402
 from .spec import SweepSpec, varying_settings  # noqa: E402
 from .store import FINISHED, ResultStore  # noqa: E402
 from .version import code_version  # noqa: E402
@@ -39,8 +43,26 @@ __all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
-FLUSH_EVERY_S = 10.0
-PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup")  # a running trial's epoch rows reach Parquet at least this often
+FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
+PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup")
+FINAL_COLUMNS = ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")
+EPOCH_COLUMNS = ("epoch", "lr", *FINAL_COLUMNS)
+# The per-epoch tables and the columns that identify one of their rows within a trial.
+ROW_KEYS = {"epochs": ("epoch",), "layers": ("epoch", "layer"), "filters": ("epoch", "layer", "filter")}
+
+
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a Tune trial: its base settings, with any values a searcher sampled
+    (top-level keys named by a setting's alias) written in."""
+    settings = copy.deepcopy(config["trial"])
+    for alias, path in alias_paths().items():
+        if alias in config:
+            *sections, leaf = path.split(".")
+            node = settings
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = config[alias]
+    return TrialConfig.model_validate(settings)
 
 
 def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) -> None:
@@ -50,7 +72,7 @@ def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) 
     driver's pick among checkpoints that an earlier, interrupted run of the sweep left behind).
     """
     torch.set_num_threads(max(1, int(config["threads"])))
-    cfg = TrialConfig.model_validate(config["trial"])
+    cfg = trial_config(config)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and cfg.trial_id in resume_from:
         checkpoint = tune.Checkpoint(resume_from[cfg.trial_id], filesystem=filesystem)
@@ -99,9 +121,8 @@ def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
 @dataclass
 class _Running:
     cfg: TrialConfig
-    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
-    layers: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
-    filters: dict[tuple[int, str, int], dict[str, Any]] = field(default_factory=dict)
+    # table -> row key (epoch first, see ROW_KEYS) -> row
+    rows: dict[str, dict[tuple, dict[str, Any]]] = field(default_factory=lambda: {t: {} for t in ROW_KEYS})
     last: dict[str, Any] | None = None
     flushed_at: float = 0.0
     loaded: bool = False
@@ -122,48 +143,45 @@ class StoreCallback(tune.Callback):
 
     def _state(self, trial) -> _Running:
         if trial.trial_id not in self.running:
-            self.running[trial.trial_id] = _Running(TrialConfig.model_validate(trial.config["trial"]))
+            self.running[trial.trial_id] = _Running(trial_config(trial.config))
         return self.running[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run = self._state(trial)
         tid = run.cfg.trial_id
         epoch = int(result["epoch"])
-        if not run.loaded:
-            # Keep rows of epochs this trial finished before a resume from its checkpoint.
-            for table, rows, key in (("epochs", run.epochs, ("epoch",)),
-                                     ("layers", run.layers, ("epoch", "layer")),
-                                     ("filters", run.filters, ("epoch", "layer", "filter"))):
+        if not run.loaded:  # keep the rows of epochs finished before a resume from a checkpoint
+            for table, key in ROW_KEYS.items():
                 for row in self.store.read(table, tid):
                     if row["epoch"] < epoch:
-                        rows[tuple(row[k] for k in key) if len(key) > 1 else row["epoch"]] = row
+                        run.rows[table][tuple(row[k] for k in key)] = row
             run.loaded = True
-        for rows in (run.epochs, run.layers, run.filters):
-            for k in [k for k in rows if (k if isinstance(k, int) else k[0]) >= epoch]:
-                del rows[k]
-        run.epochs[epoch] = {"trial_id": tid, **{k: result[k] for k in (
-            "epoch", "lr", "train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")}}
-        for layer in result["layers"]:
-            run.layers[(epoch, layer["layer"])] = {"trial_id": tid, "epoch": epoch, **layer}
-        for f in result["filters"] or []:
-            run.filters[(epoch, f["layer"], f["filter"])] = {"trial_id": tid, "epoch": epoch, **f}
+        new_rows = {
+            "epochs": [{k: result[k] for k in EPOCH_COLUMNS}],
+            "layers": result["layers"],
+            "filters": result["filters"] or [],
+        }
+        for table, key in ROW_KEYS.items():
+            rows = run.rows[table]
+            for stale in [k for k in rows if k[0] >= epoch]:  # a restart reports these again
+                del rows[stale]
+            for row in new_rows[table]:
+                row = {"trial_id": tid, **row, "epoch": epoch}
+                rows[tuple(row[k] for k in key)] = row
         run.last = result
         # Flushing at each checkpoint keeps the rows of every checkpointed epoch on disk.
         if result.get("checkpointed") or time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
             self._flush(run)
 
     def _flush(self, run: _Running) -> None:
-        tid = run.cfg.trial_id
-        self.store.write("epochs", tid, [run.epochs[k] for k in sorted(run.epochs)])
-        self.store.write("layers", tid, [run.layers[k] for k in sorted(run.layers)])
-        if run.filters:
-            self.store.write("filters", tid, [run.filters[k] for k in sorted(run.filters)])
+        for table, rows in run.rows.items():
+            if rows:
+                self.store.write(table, run.cfg.trial_id, [rows[k] for k in sorted(rows)])
         run.flushed_at = time.monotonic()
 
     def _finish(self, trial, status: str, error: str = "") -> None:
         run = self._state(trial)
-        if run.epochs:
-            self._flush(run)
+        self._flush(run)
         last = run.last or {}
         self.store.write("trials", run.cfg.trial_id, [{
             "trial_id": run.cfg.trial_id,
@@ -171,8 +189,7 @@ class StoreCallback(tune.Callback):
             "status": status,
             **run.cfg.flat(),
             "epochs_run": last.get("epoch", 0),
-            **{k: last.get(k) for k in ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")},
-            **{k: (last.get("pruned") or {}).get(k) for k in PRUNED_COLUMNS},
+            **{k: last.get(k) for k in (*FINAL_COLUMNS, *PRUNED_COLUMNS)},
             "wall_time_s": last.get("time_total_s"),
             "code_version": self.version,
             "error": error,
@@ -262,41 +279,54 @@ def run_sweep(
     force: bool = False,
     tune_progress: bool = False,
 ) -> SweepSummary:
-    """Run the trials that have no finished result yet (all of them with `force`)."""
+    """Run a grid sweep's trials that have no finished result yet (all of them with `force`), or
+    the rest of an Optuna search (`spec.optuna`, from the single base trial in `trials`)."""
     finished = {t: s for t, s in store.finished().items() if s in FINISHED}
-    todo = [t for t in trials if force or t.trial_id not in finished]
-    skipped = len(trials) - len(todo)
-    varying = varying_settings(trials)
-    print(f"sweep {spec.name!r}: {len(trials)} trials, {skipped} already finished, {len(todo)} to run "
-          f"(varying: {', '.join(varying) or 'nothing'}); results in {store.uri}", flush=True)
-    if not todo:
-        return SweepSummary(len(trials), skipped, {})
+    if spec.optuna is None:
+        todo = [t for t in trials if force or t.trial_id not in finished]
+        skipped = len(trials) - len(todo)
+        print(f"sweep {spec.name!r}: {len(trials)} trials, {skipped} already finished, {len(todo)} to run "
+              f"(varying: {', '.join(varying_settings(trials)) or 'nothing'}); results in {store.uri}", flush=True)
+        planned = len(todo)
+        trial_space = tune.grid_search([t.model_dump(mode="json") for t in todo])
+        search = {}
+    else:
+        storage = spec.optuna.storage or default_storage(str(Path(store.path).parent), spec.name)
+        planned = trials_left(spec.optuna, spec.name, storage)
+        skipped = spec.optuna.n_trials - planned
+        print(f"search {spec.name!r}: {spec.optuna.n_trials} trials, {skipped} already finished, {planned} to run "
+              f"(searching: {', '.join(spec.optuna.space)}); study in {storage}; results in {store.uri}", flush=True)
+        trial_space = trials[0].model_dump(mode="json")
+        search = {"search_alg": make_searcher(spec.optuna, spec.name, storage)}
+    if not planned:
+        return SweepSummary(skipped + planned, skipped, {})
 
     store.remove_temporaries()
-    todo_ids = {t.trial_id for t in todo}
-    resume_from = {} if force else {
-        trial_id: path for trial_id, path in resumable_checkpoints(store).items() if trial_id in todo_ids
-    }
-    if resume_from:
-        print(f"{len(resume_from)} unfinished trials continue from their last checkpoint", flush=True)
-    version = code_version()
-    writer = StoreCallback(store, version)
-    callbacks: list[tune.Callback] = [writer, ProgressCallback(len(todo), writer.statuses)]
+    resume_from = {} if force else resumable_checkpoints(store)
+    if spec.optuna is None:
+        todo_ids = {t.trial_id for t in todo}
+        resume_from = {trial_id: path for trial_id, path in resume_from.items() if trial_id in todo_ids}
+        if resume_from:
+            print(f"{len(resume_from)} unfinished trials continue from their last checkpoint", flush=True)
+    writer = StoreCallback(store, code_version())
+    callbacks: list[tune.Callback] = [writer, ProgressCallback(planned, writer.statuses)]
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(_trainable, filesystem=store.fs, resume_from=resume_from),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         ),
         param_space={
-            "trial": tune.grid_search([t.model_dump(mode="json") for t in todo]),
+            "trial": trial_space,
             "checkpoint_every": spec.checkpoint_every,
             "threads": math.ceil(spec.resources.cpu),
         },
         tune_config=tune.TuneConfig(
-            num_samples=1,
+            # No metric/mode here: set on TuneConfig they would make a multi-objective search single.
+            num_samples=1 if spec.optuna is None else planned,
             max_concurrent_trials=spec.resources.max_concurrent,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            **search,
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -314,11 +344,23 @@ def run_sweep(
         # loggers are off) are noise next to our Parquet store.
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     tuner.fit()
-    return SweepSummary(len(trials), skipped, dict(writer.statuses))
+    if spec.optuna is not None:
+        mark_pareto_front(store, spec.optuna.objectives)
+    return SweepSummary(skipped + planned, skipped, dict(writer.statuses))
+
+
+def mark_pareto_front(store: ResultStore, objectives) -> None:
+    """Set `on_pareto_front` on every trial row against the sweep's final set of trials."""
+    rows = [row for trial_id in store.finished() for row in store.read("trials", trial_id)]
+    frame = pl.DataFrame({o.metric: [row[o.metric] for row in rows] for o in objectives},
+                         schema={o.metric: pl.Float64 for o in objectives})
+    for row, flag in zip(rows, pareto_front(frame, objectives).to_list()):
+        if row["on_pareto_front"] != flag:
+            store.write("trials", row["trial_id"], [{**row, "on_pareto_front": flag}])
 
 
 def _trial_name(trial) -> str:
-    return TrialConfig.model_validate(trial.config["trial"]).trial_id
+    return trial_config(trial.config).trial_id
 
 
 def describe(trials: list[TrialConfig]) -> list[str]:

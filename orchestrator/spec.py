@@ -13,13 +13,16 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparsity_core.config import TrialConfig, alias_paths
+
+from .search import OptunaSpec
 
 __all__ = ["SpecError", "SweepSpec", "Resources", "load_spec", "expand", "apply_override", "varying_settings"]
 
@@ -50,6 +53,16 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     retries: int = Field(2, ge=0, description="re-runs of a trial that raised, before it counts as failed")
     checkpoint_every: int = Field(0, ge=0, description="Tune checkpoint every k epochs (0: none)")
+    optuna: OptunaSpec | None = Field(
+        None, description="search these settings with Optuna instead of a grid (the rest is the fixed base)"
+    )
+
+    @model_validator(mode="after")
+    def _one_base_for_a_search(self) -> SweepSpec:
+        if self.optuna is not None and (self.grid or self.variants or len(self.seeds) > 1):
+            raise ValueError("a sweep with `optuna:` searches from one fixed base: drop `grid:`, "
+                             "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
+        return self
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
@@ -67,6 +80,7 @@ def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecEr
             msg = f"unknown key{_did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            key = key or "(top level)"
         lines.append(f"{source}: {where}{key}: {msg}")
     return SpecError("\n".join(lines))
 
@@ -76,9 +90,9 @@ def _field_names(loc: tuple) -> list[str]:
     model: type[BaseModel] = TrialConfig if loc and loc[0] in ("dataset", "model", "train") else SweepSpec
     for part in loc:
         field = model.model_fields.get(str(part))
-        sub = field.annotation if field else None
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            model = sub
+        for sub in (field.annotation, *typing.get_args(field.annotation)) if field else ():
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                model = sub
     return list(model.model_fields)
 
 

@@ -59,7 +59,8 @@ class EpochMetrics:
 
     def to_record(self) -> dict[str, Any]:
         """Plain Python values only (crosses process boundaries): per-filter data as row lists."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("layers", "filters")}
+        record = {k: v for k, v in asdict(self).items() if k not in ("layers", "filters", "pruned")}
+        record.update(self.pruned or {})  # top level, so a search can optimise e.g. pruned_test_err
         record["layers"] = [asdict(layer) for layer in self.layers]
         record["filters"] = None if self.filters is None else [
             {

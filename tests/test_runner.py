@@ -143,3 +143,33 @@ def test_second_orchestrator_on_the_same_results_refuses(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_quick_pareto_search_runs_on_sqlite_and_resumes(tmp_path):
+    import optuna
+
+    results = tmp_path / "results"
+    small = ["--set", "train.epochs=2", "--set", "train.lr_steps=[1]", "--set", "dataset.name=synthetic",
+             "--set", "optuna.population_size=2"]
+    out = run_cli("sweeps/quick_pareto.yaml", "--results", results, *small, "--set", "optuna.n_trials=3")
+    assert out.returncode == 0, out.stdout + out.stderr
+    storage = f"sqlite:///{results}/quick_pareto/optuna.db"
+    study = optuna.load_study(study_name="quick_pareto", storage=storage)
+    assert len(study.trials) == 3 and all(len(t.values) == 2 for t in study.trials)
+    trials = table(results, "quick_pareto", "trials")
+    assert trials.height == 3 and trials["on_pareto_front"].null_count() == 0
+    assert trials["on_pareto_front"].any()
+
+    more = run_cli("sweeps/quick_pareto.yaml", "--results", results, *small, "--set", "optuna.n_trials=5")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "3 already finished, 2 to run" in more.stdout
+    study = optuna.load_study(study_name="quick_pareto", storage=storage)
+    assert len(study.trials) == 5
+    trials = table(results, "quick_pareto", "trials")
+    assert trials.height == 5
+    best = trials.filter(pl.col("on_pareto_front"))
+    # No trial off the front dominates one on it.
+    for row in trials.filter(~pl.col("on_pareto_front")).iter_rows(named=True):
+        assert not any(row["dead_gamma_pct"] >= b["dead_gamma_pct"] and row["test_err"] <= b["test_err"]
+                       and (row["dead_gamma_pct"], row["test_err"]) != (b["dead_gamma_pct"], b["test_err"])
+                       for b in best.iter_rows(named=True))

@@ -1,0 +1,297 @@
+"""Write a sweep's report: `python orchestrator/report.py RESULTS/<sweep>` -> `RESULTS/<sweep>/report/`.
+
+Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
+a supplement table has the configuration), claims.md (the paper's claims checked on the data),
+pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html and index.html linking
+them. Every HTML page embeds plotly.js, so it opens with no network.
+
+`python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
+Exit codes: 0 written, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import plotly.graph_objects as go  # noqa: E402
+import polars as pl  # noqa: E402
+
+from orchestrator import analysis, plots  # noqa: E402
+from sparsity_core.lowgrad import simulate_low_gradient  # noqa: E402
+
+__all__ = ["ReportError", "build_report", "write_lowgrad", "markdown_table", "main"]
+
+FIGURES = ("pareto.html", "layers.html", "gamma_beta.html", "universality.html", "lowgrad.html")
+# Table columns: (metric, header, decimals). Percentages and errors in percent, losses as they are.
+_COLUMNS = (
+    ("train_loss", "train loss", 2),
+    ("test_loss", "test loss", 2),
+    ("test_err", "test err", 1),
+    ("dead_gamma_pct", "total (gamma)", 1),
+    ("dead_act_pct", "total (act.)", 1),
+    ("conv_params_pruned_pct", "conv params pruned", 1),
+    ("pruned_test_err", "pruned test err", 1),
+)
+
+
+class ReportError(ValueError):
+    """Bad input for a report; the message says what is wrong and how to fix it."""
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def markdown_table(df: pl.DataFrame) -> str:
+    """A GitHub Markdown table of `df` (every value shown as text, null as blank)."""
+    cells = [[("" if v is None else str(v)).replace("|", "\\|") for v in row] for row in df.rows()]
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def _mean_std(agg: pl.DataFrame, metric: str, decimals: int) -> list[str | None]:
+    return [None if m is None else f"{m:.{decimals}f}" + ("" if s is None else f" ± {s:.{decimals}f}")
+            for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"])]
+
+
+def _metrics(agg: pl.DataFrame) -> list[tuple[str, str, int]]:
+    """Table columns in the supplement's order: losses and error, C1..Cn, totals, pruning; a
+    column nobody measured (all null) is left out of the Markdown table."""
+    layers = [(c, c, 1) for c in analysis.layer_columns(c.removesuffix("_mean") for c in agg.columns)]
+    ordered = [*_COLUMNS[:3], *layers, *_COLUMNS[3:]]
+    return [m for m in ordered if f"{m[0]}_mean" in agg.columns and agg[f"{m[0]}_mean"].null_count() < agg.height]
+
+
+def _labels(agg: pl.DataFrame) -> pl.DataFrame:
+    """The row-label settings, list settings (lr_steps) as text."""
+    labels = analysis.label_columns(agg)
+    return agg.select(
+        pl.col(c).cast(pl.List(pl.String)).list.join(",") if isinstance(agg.schema[c], pl.List) else pl.col(c)
+        for c in labels
+    )
+
+
+def _label_text(agg: pl.DataFrame) -> dict[str, pl.Series]:
+    labels = _labels(agg)
+    return {c: labels[c].map_elements(analysis.format_setting, return_dtype=pl.String) for c in labels.columns}
+
+
+def results_markdown(agg: pl.DataFrame) -> pl.DataFrame:
+    """The supplement-shaped table as text: row labels, n seeds, `mean ± std` per metric."""
+    columns = _label_text(agg)
+    columns["n"] = agg["n_seeds"].cast(pl.String)
+    for metric, header, decimals in _metrics(agg):
+        columns[header] = pl.Series(_mean_std(agg, metric, decimals), dtype=pl.String)
+    return pl.DataFrame(columns)
+
+
+def paper_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
+    """Ours / paper (ours minus paper) for the configurations with a paper row; None if none has."""
+    if "paper_source" not in agg.columns:
+        return None
+    matched = agg.filter(pl.col("paper_source").is_not_null())
+    columns = _label_text(matched)
+    columns["paper"] = matched["paper_source"]
+    for metric, header, decimals in _metrics(matched):
+        if f"paper_{metric}" not in matched.columns:
+            continue
+        columns[header] = pl.Series([
+            None if p is None or m is None else f"{m:.{decimals}f} / {p:.{decimals}f} ({d:+.{decimals}f})"
+            for m, p, d in zip(matched[f"{metric}_mean"], matched[f"paper_{metric}"], matched[f"diff_{metric}"])
+        ], dtype=pl.String)
+    return pl.DataFrame(columns)
+
+
+def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
+    """table.csv: the varying settings as row labels, then every number, then provenance."""
+    numbers = [c for c in agg.columns if c.endswith(("_mean", "_std")) or c.startswith(("paper_", "diff_"))]
+    return pl.concat([_labels(agg), agg.select("config", "n_seeds", *numbers, "trial_ids", "code_versions")],
+                     how="horizontal")
+
+
+def write_tables(agg: pl.DataFrame, out: Path, sweep: str) -> None:
+    _csv_frame(agg).write_csv(out / "table.csv")
+    parts = [
+        f"# {sweep}: results by configuration",
+        "",
+        "Mean ± std over seeds (n: seeds). Dead filters in % of a layer's filters at the final epoch: "
+        "C1..Cn and total (gamma) count |gamma| < 1e-3; total (act.) counts filters that never activate "
+        "on the training set. Test errors in %.",
+        "",
+        markdown_table(results_markdown(agg)),
+    ]
+    paper = paper_markdown(agg)
+    if paper is not None:
+        parts += [
+            "",
+            "## Beside the paper",
+            "",
+            "ours / paper (ours minus paper), against the supplement row named under `paper` "
+            "(a sweep on another dataset is set beside the CIFAR-10 rows).",
+            "",
+            markdown_table(paper),
+        ]
+    (out / "table.md").write_text("\n".join(parts) + "\n")
+
+
+def write_claims(claims: pl.DataFrame, out: Path, sweep: str) -> None:
+    lines = [f"# The paper's claims, checked on {sweep}", "",
+             "holds / fails / not testable, with the comparisons behind each verdict (sparsity: "
+             "total % dead by gamma, mean over seeds).", ""]
+    for row in claims.to_dicts():
+        lines += [f"{row['claim']}. **{row['status']}**: {row['text']}", f"   {row['evidence']}", ""]
+    (out / "claims.md").write_text("\n".join(lines))
+
+
+# --- figures and index -----------------------------------------------------------------------------
+
+
+def _write_figure(fig: go.Figure, path: Path) -> None:
+    # plotly.js inline in every page: reports are read offline, and a page may be sent on alone.
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+
+
+def _lowgrad_data(iterations: int) -> pl.DataFrame:
+    return analysis.lowgrad_frame(simulate_low_gradient(iterations=iterations))
+
+
+def write_lowgrad(out: str | Path, iterations: int = 10_000) -> Path:
+    """Run the low-gradient simulation and write `<out>/lowgrad.html`."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "lowgrad.html"
+    _write_figure(plots.lowgrad_figure(_lowgrad_data(iterations)), path)
+    return path
+
+
+def _index(sweep: str, results: analysis.Results, agg: pl.DataFrame, claims: pl.DataFrame) -> str:
+    statuses = results.trials["status"].value_counts(sort=True).rows()
+    varying = ", ".join(analysis.varying_settings(agg)) or "nothing"
+    links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
+             ("claims.md", "the paper's claims checked"),
+             ("pareto.html", "sparsity vs test error, Pareto front"), ("layers.html", "dead filters per layer"),
+             ("gamma_beta.html", "BN gamma and beta over training (Fig. 1)"),
+             ("universality.html", "feature universality per layer (Fig. 2)"),
+             ("lowgrad.html", "low-gradient simulation (Fig. 3)")]
+    items = "\n".join(f'<li><a href="{f}">{f}</a>: {html.escape(text)}</li>' for f, text in links)
+    verdicts = "\n".join(f"<li>{c}. <b>{html.escape(s)}</b>: {html.escape(t)}</li>"
+                         for c, t, s in claims.select("claim", "text", "status").rows())
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(sweep)} report</title></head>
+<body style="font-family: sans-serif; max-width: 60em">
+<h1>{html.escape(sweep)}</h1>
+<p>{results.trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
+{agg.height} configurations, averaged over seeds; varying: {html.escape(varying)}.</p>
+<ul>
+{items}
+</ul>
+<h2>Claims</h2>
+<ul>
+{verdicts}
+</ul>
+</body></html>
+"""
+
+
+def _check_input(sweep_dir: Path) -> None:
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir}: no such results folder; pass RESULTS/<sweep>, the folder "
+                          "orchestrator/run.py wrote (e.g. results/quick)")
+    if not any((sweep_dir / "trials").glob("*.parquet")):
+        raise ReportError(f"{sweep_dir}: no trials (no trials/*.parquet there); run the sweep first "
+                          "(python orchestrator/run.py sweeps/<sweep>.yaml) or pass its results folder")
+
+
+def build_report(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    layers: Sequence[str] | None = None,
+    lowgrad_iterations: int = 10_000,
+) -> Path:
+    """Write every report file for the sweep in `sweep_dir` into `out` (default: `<sweep_dir>/report`)."""
+    folder = Path(sweep_dir)
+    _check_input(folder)
+    try:
+        results = analysis.load_results(folder)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ReportError(f"{folder}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
+                          "re-run the sweep's failed trials or remove the damaged files") from None
+    agg = analysis.aggregate(results.trials, results.layers)
+    if agg.is_empty():
+        counts = ", ".join(f"{n} {s}" for s, n in results.trials["status"].value_counts().rows())
+        raise ReportError(f"{folder}: no trial finished ok ({counts}); see the `error` column of "
+                          "trials/*.parquet, fix the cause and run the sweep again")
+    known = analysis.layer_columns(results.filters["layer"].unique())
+    unknown = [layer for layer in layers or () if layer not in known]
+    if unknown:
+        raise ReportError(f"--layers {','.join(unknown)}: not in the sweep's filters table; "
+                          f"valid: {', '.join(known) or 'none (no per-filter snapshots)'}")
+
+    target = Path(out) if out is not None else folder / "report"
+    target.mkdir(parents=True, exist_ok=True)
+    sweep = folder.resolve().name
+    agg = analysis.compare_with_paper(agg, analysis.load_reference())
+    lowgrad = _lowgrad_data(lowgrad_iterations)
+    claims = analysis.check_claims(agg, lowgrad)
+    write_tables(agg, target, sweep)
+    write_claims(claims, target, sweep)
+    figures = {
+        "pareto.html": plots.pareto_figure(analysis.pareto_points(agg)),
+        "layers.html": plots.layers_figure(analysis.layer_profile(agg)),
+        "gamma_beta.html": plots.gamma_beta_figure(
+            analysis.gamma_beta_quantiles(results.filters, results.trials, layers)),
+        "universality.html": plots.universality_figure(
+            analysis.universality_histogram(results.filters, results.trials)),
+        "lowgrad.html": plots.lowgrad_figure(lowgrad),
+    }
+    for name, fig in figures.items():
+        _write_figure(fig, target / name)
+    (target / "index.html").write_text(_index(sweep, results, agg, claims))
+    return target
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator/report.py", description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dir", nargs="?", help="a sweep's results folder, e.g. results/quick")
+    p.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
+    p.add_argument("--layers", default=None, metavar="C1,C7",
+                   help="conv layers shown in gamma_beta.html (default: the first and the last)")
+    p.add_argument("--lowgrad", default=None, metavar="OUTDIR",
+                   help="only run the low-gradient simulation and write OUTDIR/lowgrad.html")
+    p.add_argument("--lowgrad-iterations", type=int, default=10_000,
+                   help="iterations of the low-gradient simulation (default: 10000)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if (args.sweep_dir is None) == (args.lowgrad is None):
+        print("error: pass a sweep's results folder (e.g. results/quick) or --lowgrad OUTDIR, "
+              "one of the two", file=sys.stderr)
+        return 2
+    if args.lowgrad_iterations <= 0:
+        print("error: --lowgrad-iterations must be a positive number of iterations", file=sys.stderr)
+        return 2
+    if args.lowgrad is not None:
+        print(f"wrote {write_lowgrad(args.lowgrad, args.lowgrad_iterations)}")
+        return 0
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
+    try:
+        target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, {', '.join(FIGURES)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Multi-objective Optuna search over trial settings, driven by Ray Tune, and the Pareto front.
+
+A sweep's `optuna:` section becomes an `OptunaSpec`: which trial settings to sample (by alias, e.g.
+`strength`), the objectives (by default: most dead filters, least test error), the sampler and the
+storage. `make_searcher` turns it into Ray Tune's `OptunaSearch`; the sampled values arrive in each
+Tune trial's `config` under the alias names.
+
+Storage URLs (`OptunaSpec.storage`, or `default_storage`):
+- any SQLAlchemy URL (`sqlite:///abs/path.db`, `postgresql://...`) -> `optuna.storages.RDBStorage`;
+- `journal://<path>`, or a plain path ending in `.log` -> `JournalStorage(JournalFileBackend(path))`,
+  an append-only file for filesystems where SQLite's locking is unreliable (NFS).
+Only the driver talks to the study (Tune's searcher runs there), so one writer suffices.
+A study is found again by its name: running the same sweep again continues it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import optuna
+import polars as pl
+import pyarrow as pa
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sparsity_core.config import TrialConfig, alias_paths
+
+from .store import TABLES
+
+if TYPE_CHECKING:
+    from ray.tune.search.optuna import OptunaSearch
+
+__all__ = [
+    "LogUniform",
+    "Uniform",
+    "IntRange",
+    "Categorical",
+    "ParamSpec",
+    "Objective",
+    "OptunaSpec",
+    "SAMPLERS",
+    "default_storage",
+    "open_storage",
+    "make_searcher",
+    "trials_left",
+    "pareto_front",
+]
+
+Mode = Literal["min", "max"]
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogUniform(_Param):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        if not self.high > self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        return self
+
+    def distribution(self) -> BaseDistribution:
+        return FloatDistribution(self.low, self.high, log=True)
+
+
+class Uniform(_Param):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if not self.high > self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        return self
+
+    def distribution(self) -> BaseDistribution:
+        return FloatDistribution(self.low, self.high)
+
+
+class IntRange(_Param):
+    """Integers low..high, both included; `log` samples on a log scale (needs low >= 1)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must not be less than low ({self.low})")
+        if self.log and self.low < 1:
+            raise ValueError("log: true needs low >= 1")
+        return self
+
+    def distribution(self) -> BaseDistribution:
+        return IntDistribution(self.low, self.high, log=self.log)
+
+
+class Categorical(_Param):
+    type: Literal["categorical"]
+    choices: list[bool | int | float | str] = Field(min_length=1)
+
+    def distribution(self) -> BaseDistribution:
+        return CategoricalDistribution(self.choices)
+
+
+ParamSpec = Annotated[LogUniform | Uniform | IntRange | Categorical, Field(discriminator="type")]
+
+
+def _numeric_trial_columns() -> list[str]:
+    schema: pa.Schema = TABLES["trials"]
+    return [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Objective(BaseModel):
+    """One objective: a numeric column of the trials table, maximised or minimised."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: str
+    mode: Mode
+
+    @field_validator("metric")
+    @classmethod
+    def _numeric_column(cls, v: str) -> str:
+        valid = _numeric_trial_columns()
+        if v not in valid:
+            raise ValueError(f"unknown metric {v!r}{_did_you_mean(v, valid)}; valid: {', '.join(valid)}")
+        return v
+
+
+def _check_setting(alias: str, value: Any) -> None:
+    """Raise if `value` is not valid for the trial setting `alias` on its own (other settings default)."""
+    section, _, leaf = alias_paths()[alias].rpartition(".")
+    model: type[BaseModel] = TrialConfig.model_fields[section].annotation if section else TrialConfig
+    try:
+        model.model_validate({leaf: value})
+    except ValidationError as e:
+        # Only the field's own errors: a whole-section check (e.g. cifar10 needs `root`) depends on
+        # the sweep's fixed settings, which the merged TrialConfig validates later.
+        own = [err["msg"].removeprefix("Value error, ") for err in e.errors() if err["loc"] == (leaf,)]
+        if own:
+            raise ValueError(f"{alias}={value!r}: {own[0]}") from None
+
+
+class OptunaSpec(BaseModel):
+    """The `optuna:` section of a sweep file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_trials: int = Field(gt=0)
+    space: dict[str, ParamSpec] = Field(min_length=1, description="trial-setting alias -> distribution")
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [
+            Objective(metric="dead_gamma_pct", mode="max"),
+            Objective(metric="test_err", mode="min"),
+        ],
+        min_length=1,
+    )
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    population_size: int = Field(50, ge=2, description="nsga2 only: trials per generation (the first are random)")
+    storage: str | None = Field(None, description="None: sqlite:///<results>/<sweep>/optuna.db")
+    seed: int = Field(0, description="seeds the sampler, so a search is repeatable")
+
+    @field_validator("space")
+    @classmethod
+    def _known_settings(cls, space: dict[str, Any]) -> dict[str, Any]:
+        valid = [a for a in alias_paths() if a != "seed"]
+        for alias, param in space.items():
+            if alias not in valid:
+                raise ValueError(f"unknown trial setting {alias!r}{_did_you_mean(alias, valid)}; "
+                                 f"valid: {', '.join(valid)}")
+            values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
+            for value in values:
+                _check_setting(alias, value)
+        return space
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, objectives: list[Objective]) -> list[Objective]:
+        metrics = [o.metric for o in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"each metric may appear once; got {', '.join(metrics)}")
+        return objectives
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {alias: param.distribution() for alias, param in self.space.items()}
+
+
+SAMPLERS: dict[str, Callable[[OptunaSpec, int], optuna.samplers.BaseSampler]] = {
+    "nsga2": lambda s, seed: optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed),
+    "tpe": lambda s, seed: optuna.samplers.TPESampler(seed=seed),
+}
+
+
+def default_storage(results_root: str, sweep: str) -> str:
+    """`sqlite:///<results_root>/<sweep>/optuna.db` (absolute path). SQLite needs a local file, so a
+    remote results root (s3://...) needs an explicit `storage` instead."""
+    if "://" in results_root:
+        raise ValueError(f"results root {results_root!r} is not a local folder: SQLite cannot live there; "
+                         "set optuna.storage to a database URL (e.g. postgresql://...)")
+    return f"sqlite:///{(Path(results_root).resolve() / sweep / 'optuna.db').as_posix()}"
+
+
+def _journal_path(url: str) -> str | None:
+    if url.startswith("journal://"):
+        return url.removeprefix("journal://")
+    if "://" not in url and url.endswith(".log"):
+        return url
+    return None
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The Optuna storage named by `url` (see the module docstring), creating a SQLite file's or a
+    journal's folder if needed."""
+    journal = _journal_path(url)
+    if journal is not None:
+        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(journal))
+    if "://" not in url:
+        raise ValueError(f"storage {url!r}: expected a database URL (sqlite:///path.db, postgresql://...), "
+                         "journal://path or a path ending in .log")
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return RDBStorage(url)
+
+
+def _existing_trials(storage: BaseStorage, study_name: str, directions: list[str]) -> int:
+    """How many trials the study already holds (0 if it is new). An existing study keeps its own
+    directions (Optuna loads it silently), so a mismatch with the spec is refused here."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    stored = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    if stored != directions:
+        raise ValueError(f"study {study_name!r} in the storage optimizes {stored}, the spec asks for "
+                         f"{directions}; use another study name or storage, or keep the objectives")
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str) -> OptunaSearch:
+    """Ray Tune's OptunaSearch for `spec`, its study `study_name` kept in `storage_url`.
+
+    Multi-objective: the metrics and modes are given to the searcher. Leave TuneConfig's metric and
+    mode unset: set there, Tune would hand the searcher a single objective. OptunaSearch creates the
+    study with load_if_exists=True, so an existing study of that name is continued; the sampler's
+    seed is then offset by the trials already there, so a resumed search does not replay the random
+    draws of its first run.
+    """
+    storage = open_storage(storage_url)
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
+    seed = spec.seed + _existing_trials(storage, study_name, directions)
+    from ray.tune.search.optuna import OptunaSearch  # Ray only where a search runs, not for pareto_front
+
+    return OptunaSearch(
+        space=spec.distributions(),
+        metric=[o.metric for o in spec.objectives],
+        mode=[o.mode for o in spec.objectives],
+        sampler=SAMPLERS[spec.sampler](spec, seed),
+        study_name=study_name,
+        storage=storage,
+    )
+
+
+def trials_left(spec: OptunaSpec, study_name: str, storage_url: str) -> int:
+    """Trials still to run for `n_trials` finished ones: what a resumed search should ask Tune for.
+    Failed and pruned trials do not count as finished."""
+    storage = open_storage(storage_url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return spec.n_trials
+    done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(0, spec.n_trials - len(done))
+
+
+def _as_pairs(objectives: Sequence[Objective | tuple[str, Mode]] | Mapping[str, Mode]) -> list[tuple[str, Mode]]:
+    if isinstance(objectives, Mapping):
+        return list(objectives.items())
+    return [(o.metric, o.mode) if isinstance(o, Objective) else (o[0], o[1]) for o in objectives]
+
+
+def pareto_front(
+    df: pl.DataFrame, objectives: Sequence[Objective | tuple[str, Mode]] | Mapping[str, Mode]
+) -> pl.Series:
+    """Per row, whether no other row dominates it (at least as good in every objective, better in
+    one). Equal rows do not dominate each other, so duplicates on the front are all on it; a row
+    with a null or NaN objective is never on it and dominates nothing.
+
+    `objectives`: Objective models, (column, mode) pairs, or a {column: mode} mapping.
+    """
+    pairs = _as_pairs(objectives)
+    if not pairs:
+        raise ValueError("pareto_front needs at least one objective")
+    missing = [c for c, _ in pairs if c not in df.columns]
+    if missing:
+        raise ValueError(f"pareto_front: no column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
+    # Every objective as "smaller is better"; nulls become NaN.
+    costs = np.column_stack([
+        df[c].cast(pl.Float64).fill_null(math.nan).to_numpy() * (-1.0 if mode == "max" else 1.0)
+        for c, mode in pairs
+    ]) if df.height else np.empty((0, len(pairs)))
+    valid = ~np.isnan(costs).any(axis=1)
+    on_front = valid.copy()
+    candidates = costs[valid]
+    for i in np.flatnonzero(valid):
+        row = costs[i]
+        dominated = (candidates <= row).all(axis=1) & (candidates < row).any(axis=1)
+        on_front[i] = not dominated.any()
+    return pl.Series("on_pareto_front", on_front, dtype=pl.Boolean)

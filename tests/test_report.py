@@ -1,0 +1,184 @@
+"""The report end to end, on a results folder written through the real ResultStore (real Parquet,
+the real schemas), and the CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import analysis, report
+from orchestrator.store import TABLES, ResultStore
+from sparsity_core.config import TrialConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+N_FILTERS = 4  # per layer: a BasicNet shape at a tiny width
+LAYERS = [f"C{i}" for i in range(1, 8)]
+# (optimizer, strength) -> dead filters per layer at the final epoch (of 4), and test error
+RUNS = {
+    ("adam", 1e-4): ([1, 0, 0, 1, 1, 2, 2], 10.0),
+    ("adam", 1e-3): ([2, 2, 1, 3, 3, 4, 4], 13.0),
+    ("sgd", 1e-4): ([0, 0, 0, 0, 0, 0, 0], 11.0),
+    ("sgd", 1e-3): ([2, 1, 1, 0, 1, 0, 0], 20.0),
+}
+
+
+def _write_trial(store: ResultStore, optimizer: str, strength: float, seed: int) -> None:
+    cfg = TrialConfig.model_validate({"train": {"optimizer": optimizer, "reg": "l2", "strength": strength,
+                                                "epochs": 2, "snapshot_every": 1}, "seed": seed})
+    tid = cfg.trial_id
+    dead, err = RUNS[(optimizer, strength)]
+    err += seed * 0.5
+    total = 100.0 * sum(dead) / (N_FILTERS * len(LAYERS))
+    store.write("epochs", tid, [{"trial_id": tid, "epoch": e, "lr": 1e-3, "train_loss": 0.5 / e,
+                                 "test_loss": 0.6 / e, "test_err": err + 2 - e, "dead_gamma_pct": total * e / 2,
+                                 "dead_act_pct": None if e == 1 else total} for e in (1, 2)])
+    store.write("layers", tid, [{"trial_id": tid, "epoch": e, "layer": layer, "n_filters": N_FILTERS,
+                                 "dead_gamma": n if e == 2 else 0, "dead_act": n if e == 2 else None,
+                                 "revived": None}
+                                for e in (1, 2) for layer, n in zip(LAYERS, dead)])
+    filters: list[dict[str, Any]] = []
+    for e in (1, 2):
+        for layer, n in zip(LAYERS, dead):
+            for f in range(N_FILTERS):
+                is_dead = e == 2 and f < n
+                filters.append({"trial_id": tid, "epoch": e, "layer": layer, "filter": f,
+                                "gamma": 0.0 if is_dead else 1.0 - 0.1 * f, "beta": -0.2 * f,
+                                "max_act": None if e == 1 else (0.0 if is_dead else 2.0),
+                                "universality": None if e == 1 else (0.0 if is_dead else 0.25 * (f + 1))})
+    store.write("filters", tid, filters)
+    store.write("trials", tid, [{
+        "trial_id": tid, "sweep": store.sweep, "status": "ok", **cfg.flat(), "epochs_run": 2,
+        "train_loss": 0.25, "test_loss": 0.3, "test_err": err, "dead_gamma_pct": total, "dead_act_pct": total,
+        "wall_time_s": 1.0, "code_version": "test", "error": "", "config_json": cfg.model_dump_json(),
+    }])
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    store = ResultStore(str(tmp_path_factory.mktemp("results")), "demo")
+    for optimizer, strength in RUNS:
+        for seed in (0, 1):
+            _write_trial(store, optimizer, strength, seed)
+    failed = TrialConfig.model_validate({"train": {"optimizer": "adadelta"}})
+    store.write("trials", failed.trial_id, [{"trial_id": failed.trial_id, "sweep": "demo", "status": "failed",
+                                             **failed.flat(), "epochs_run": 0, "error": "boom"}])
+    return Path(store.path)
+
+
+@pytest.fixture(scope="module")
+def built(sweep_dir: Path) -> Path:
+    return report.build_report(sweep_dir, lowgrad_iterations=300)
+
+
+def test_every_file_is_written(built: Path) -> None:
+    expected = {"table.md", "table.csv", "claims.md", "index.html", *report.FIGURES}
+    assert expected <= {p.name for p in built.iterdir()}
+    assert built == built.parent / "report"
+
+
+def test_html_pages_embed_plotly(built: Path) -> None:
+    for name in report.FIGURES:
+        text = (built / name).read_text()
+        assert "plotly.js v" in text, name  # the library itself, inline
+        assert 'src="https://cdn.plot.ly' not in text, name
+    index = (built / "index.html").read_text()
+    assert all(f'href="{name}"' in index for name in (*report.FIGURES, "table.md", "claims.md"))
+
+
+def test_table_has_layers_configurations_and_the_paper(built: Path) -> None:
+    md = (built / "table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| optimizer"))
+    assert all(f"| {layer} |" in header for layer in LAYERS)
+    assert "| strength |" in header and "| seed" not in header
+    assert "| adam | 0.001 | 2 |" in md  # two seeds, the failed trial left out
+    assert "## Beside the paper" in md and "supp. Table 1 cifar10" in md
+    csv = pl.read_csv(built / "table.csv")
+    assert csv.height == 4
+    adam = csv.filter((pl.col("optimizer") == "adam") & (pl.col("strength") == 1e-3)).row(0, named=True)
+    assert adam["C7_mean"] == 100.0 and adam["test_err_mean"] == pytest.approx(13.25)
+    assert adam["paper_C7"] == 98.0 and adam["diff_C7"] == pytest.approx(2.0)
+    assert {"config", "n_seeds", "trial_ids", "code_versions"} <= set(csv.columns)
+
+
+def test_claims_are_checked(built: Path) -> None:
+    text = (built / "claims.md").read_text()
+    lines = [line for line in text.splitlines() if line[:2] in {f"{i}." for i in range(1, 10)}]
+    status = {int(line.split(".")[0]): line.split("**")[1] for line in lines}
+    assert status[1] == "holds"  # adam sparser than sgd at each strength
+    assert status[3] == "holds"  # 1e-3 sparser than 1e-4 for both optimizers
+    assert status[7] == "not testable"  # one batch size
+    assert set(status) == set(range(1, 10))
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    assert report.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such results folder" in err and err.count("\n") == 1
+    (tmp_path / "empty" / "trials").mkdir(parents=True)
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "no trials" in capsys.readouterr().err
+    assert report.main([]) == 2
+    assert "--lowgrad" in capsys.readouterr().err
+
+
+def test_only_failed_trials_is_bad_input(tmp_path: Path, capsys) -> None:
+    store = ResultStore(str(tmp_path), "broken")
+    cfg = TrialConfig()
+    store.write("trials", cfg.trial_id, [{"trial_id": cfg.trial_id, "status": "failed", **cfg.flat(), "error": "x"}])
+    assert report.main([store.path]) == 2
+    assert "no trial finished ok (1 failed)" in capsys.readouterr().err
+
+
+def test_unknown_layer_is_bad_input(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    assert report.main([str(sweep_dir), "--out", str(tmp_path / "r"), "--layers", "C9"]) == 2
+    assert "valid: C1, C2" in capsys.readouterr().err
+
+
+def test_lowgrad_alone(tmp_path: Path) -> None:
+    assert report.main(["--lowgrad", str(tmp_path / "lg"), "--lowgrad-iterations", "200"]) == 0
+    assert "plotly.js v" in (tmp_path / "lg" / "lowgrad.html").read_text()
+
+
+def test_runs_as_a_script_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "orchestrator/report.py", str(tmp_path / "nope")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_results_written_before_a_setting_existed_still_group(tmp_path: Path) -> None:
+    """A file without a newer setting's column reads with that setting's default, so its trial
+    groups with a new trial of the same configuration."""
+    store = ResultStore(str(tmp_path), "old")
+    rows = []
+    for seed in (0, 1):
+        cfg = TrialConfig.model_validate({"seed": seed})
+        rows.append({"trial_id": cfg.trial_id, "status": "ok", **cfg.flat(), "test_err": 10.0 + seed})
+    store.write("trials", rows[0]["trial_id"], [rows[0]])
+    old_schema = pa.schema([f for f in TABLES["trials"] if f.name != "remedy"])
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[1].items() if k != "remedy"}], schema=old_schema),
+                   f"{store.path}/trials/{rows[1]['trial_id']}.parquet")
+    results = analysis.load_results(store.path)
+    assert results.trials["remedy"].to_list() == ["none", "none"]
+    assert results.filters.is_empty() and results.filters.columns == TABLES["filters"].names
+    agg = analysis.aggregate(results.trials, results.layers)
+    assert agg.height == 1 and agg["n_seeds"].item() == 2
+
+
+def test_sweep_without_filters_still_reports(tmp_path: Path) -> None:
+    store = ResultStore(str(tmp_path), "bare")
+    for optimizer in ("adam", "sgd"):
+        cfg = TrialConfig.model_validate({"train": {"optimizer": optimizer}})
+        store.write("trials", cfg.trial_id, [{"trial_id": cfg.trial_id, "status": "ok", **cfg.flat(),
+                                              "test_err": 10.0, "dead_gamma_pct": 5.0}])
+    out = report.build_report(store.path, tmp_path / "out", lowgrad_iterations=100)
+    assert "no per-filter snapshots" in (out / "gamma_beta.html").read_text()
+    assert "no per-layer counts" in (out / "layers.html").read_text()
+    assert "| adam | 1 |" in (out / "table.md").read_text()

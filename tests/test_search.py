@@ -1,0 +1,185 @@
+"""Pareto flags, the `optuna:` spec, and a real multi-objective Optuna study on SQLite driven by Ray Tune."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import optuna
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from orchestrator.search import (
+    Categorical,
+    LogUniform,
+    Objective,
+    OptunaSpec,
+    default_storage,
+    make_searcher,
+    open_storage,
+    pareto_front,
+    trials_left,
+)
+
+
+def _flags(df: pl.DataFrame, objectives) -> list[bool]:
+    return pareto_front(df, objectives).to_list()
+
+
+def test_pareto_max_min_mix() -> None:
+    # sparsity up, error down: (50, 10) beats (40, 12); (80, 20) and (10, 5) trade off.
+    df = pl.DataFrame({"dead": [50.0, 40.0, 80.0, 10.0, 30.0], "err": [10.0, 12.0, 20.0, 5.0, 25.0]})
+    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, False, True, True, False]
+
+
+def test_pareto_both_min_and_mapping_form() -> None:
+    df = pl.DataFrame({"a": [1.0, 2.0, 3.0, 2.0], "b": [3.0, 2.0, 1.0, 3.0]})
+    assert _flags(df, {"a": "min", "b": "min"}) == [True, True, True, False]
+
+
+def test_pareto_duplicates_all_on_front() -> None:
+    df = pl.DataFrame({"dead": [60.0, 60.0, 30.0], "err": [10.0, 10.0, 10.0]})
+    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, True, False]
+
+
+def test_pareto_nan_and_null_never_on_front_and_dominate_nothing() -> None:
+    df = pl.DataFrame({"dead": [90.0, math.nan, None, 20.0], "err": [1.0, 0.0, 0.0, 30.0]})
+    # rows 1 and 2 would dominate everything if their missing sparsity were ignored
+    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, False, False, False]
+
+
+def test_pareto_accepts_objective_models() -> None:
+    df = pl.DataFrame({"dead_gamma_pct": [10.0, 20.0], "test_err": [5.0, 5.0]})
+    objectives = [Objective(metric="dead_gamma_pct", mode="max"), Objective(metric="test_err", mode="min")]
+    assert _flags(df, objectives) == [False, True]
+
+
+def test_pareto_empty_frame_and_missing_column() -> None:
+    empty = pl.DataFrame(schema={"a": pl.Float64, "b": pl.Float64})
+    assert _flags(empty, [("a", "min"), ("b", "max")]) == []
+    with pytest.raises(ValueError, match="no column"):
+        pareto_front(empty, [("c", "min")])
+
+
+def test_spec_parses_every_param_type_and_defaults() -> None:
+    spec = OptunaSpec.model_validate({
+        "n_trials": 8,
+        "space": {
+            "strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2},
+            "beta_init": {"type": "uniform", "low": -0.5, "high": 1.0},
+            "batch_size": {"type": "int", "low": 16, "high": 256, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        },
+    })
+    assert isinstance(spec.space["strength"], LogUniform)
+    assert isinstance(spec.space["optimizer"], Categorical)
+    assert [(o.metric, o.mode) for o in spec.objectives] == [("dead_gamma_pct", "max"), ("test_err", "min")]
+    assert spec.sampler == "nsga2" and spec.storage is None and spec.seed == 0
+    dists = spec.distributions()
+    assert isinstance(dists["batch_size"], optuna.distributions.IntDistribution) and dists["batch_size"].log
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"n_trials": 0, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}}}, "greater than 0"),
+        ({"n_trials": 2, "space": {"strenght": {"type": "uniform", "low": 0, "high": 1}}}, "did you mean 'strength'"),
+        ({"n_trials": 2, "space": {"strength": {"type": "normal", "low": 0, "high": 1}}}, "does not match any"),
+        ({"n_trials": 2, "space": {"strength": {"type": "loguniform", "low": 1e-2, "high": 1e-4}}}, "greater than low"),
+        ({"n_trials": 2, "space": {"optimizer": {"type": "categorical", "choices": ["adam", "adamw"]}}},
+         "unknown optimizer"),
+        ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}},
+          "objectives": [{"metric": "test_error", "mode": "min"}]}, "did you mean 'test_err'"),
+        ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}}, "sampler": "cmaes"}, "nsga2"),
+        ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}}, "budget": 3}, "Extra inputs"),
+    ],
+)
+def test_bad_spec_names_the_problem(raw: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        OptunaSpec.model_validate(raw)
+
+
+def test_default_storage_and_bad_urls(tmp_path) -> None:
+    url = default_storage(str(tmp_path / "results"), "search")
+    assert url == f"sqlite:///{tmp_path.resolve()}/results/search/optuna.db"
+    with pytest.raises(ValueError, match="not a local folder"):
+        default_storage("s3://bucket/results", "search")
+    with pytest.raises(ValueError, match="expected a database URL"):
+        open_storage(str(tmp_path / "study.db"))
+    assert isinstance(open_storage(str(tmp_path / "j" / "study.log")), optuna.storages.JournalStorage)
+
+
+def test_directions_of_an_existing_study_are_checked(tmp_path) -> None:
+    url = default_storage(str(tmp_path), "s")
+    optuna.create_study(storage=open_storage(url), study_name="s", directions=["minimize", "minimize"])
+    spec = OptunaSpec(n_trials=2, space={"strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2}})
+    with pytest.raises(ValueError, match="optimizes"):
+        make_searcher(spec, "s", url)
+
+
+# --- a real Ray Tune run on a real SQLite study -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _make_trainable():
+    """A trainable Ray's workers can unpickle: a closure travels by value, while a module-level
+    function would need this test module importable on the workers."""
+
+    def trainable(config: dict) -> None:
+        from ray import tune
+
+        # Two conflicting objectives of the sampled settings, like sparsity vs error.
+        dead = 25.0 * math.log10(config["strength"] / 1e-6) + (5.0 if config["optimizer"] == "adam" else 0.0)
+        tune.report({"dead_gamma_pct": dead, "test_err": 5.0 + dead / 10.0})
+
+    return trainable
+
+
+def _run_search(spec: OptunaSpec, study: str, url: str, storage_path: str, n: int) -> None:
+    from ray import tune
+
+    tuner = tune.Tuner(
+        _make_trainable(),
+        tune_config=tune.TuneConfig(search_alg=make_searcher(spec, study, url), num_samples=n),
+        run_config=tune.RunConfig(storage_path=storage_path, verbose=0),
+    )
+    tuner.fit()
+
+
+@pytest.mark.integration
+def test_real_study_on_sqlite_through_tune_and_resume(local_ray, tmp_path) -> None:
+    spec = OptunaSpec.model_validate({
+        "n_trials": 6,
+        "space": {
+            "strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        },
+        "sampler": "nsga2",
+        "population_size": 4,
+    })
+    url = default_storage(str(tmp_path / "results"), "search")
+    _run_search(spec, "search", url, str(tmp_path / "tune"), n=4)
+
+    study = optuna.load_study(study_name="search", storage=url)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    assert all(len(t.values) == 2 for t in complete)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert all(1e-6 <= t.params["strength"] <= 1e-2 and t.params["optimizer"] in ("adam", "sgd") for t in complete)
+    assert trials_left(spec, "search", url) == 2
+
+    # Same storage and study name: the study continues rather than starting over.
+    _run_search(spec, "search", url, str(tmp_path / "tune"), n=trials_left(spec, "search", url))
+    study = optuna.load_study(study_name="search", storage=url)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
+    assert trials_left(spec, "search", url) == 0
