@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from orchestrator.runner import describe
 
+        if spec.optuna is not None:
+            print(f"search {spec.name!r}: {spec.optuna.n_trials} Optuna trials from base {trials[0].trial_id}, over")
+            for alias, param in spec.optuna.space.items():
+                print(f"  {alias}: {param.model_dump(exclude_none=True)}")
+            return 0
         print(f"sweep {spec.name!r}: {len(trials)} trials")
         print("\n".join(describe(trials)))
         return 0
