@@ -66,7 +66,8 @@ _LEAD = ("optimizer", "reg", "strength")
 CONFIG_COLUMNS: list[str] = [*_LEAD, *(a for a in alias_paths() if a not in (*_LEAD, "seed"))]
 # Per-trial results averaged over seeds (besides the per-layer C1..Cn columns).
 METRICS = ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct",
-           "conv_params_pruned_pct", "pruned_test_err")
+           "conv_params_pruned_pct", "pruned_test_err", "flops_pruned_pct", "pruned_speedup",
+           "l1norm_pruned_test_err", "slim_pruned_test_err")
 ADAPTIVE = tuple(name for name in OPTIMIZER_NAMES if name != "sgd")
 _LAYER = re.compile(r"^C(\d+)$")
 

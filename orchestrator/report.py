@@ -109,6 +109,32 @@ def paper_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
     return pl.DataFrame(columns)
 
 
+# Implicit vs explicit pruning: the same trained networks, the same number of filters removed.
+_PRUNING = (
+    ("conv_params_pruned_pct", "conv params removed", 1),
+    ("flops_pruned_pct", "FLOPs removed", 1),
+    ("pruned_speedup", "speedup", 2),
+    ("test_err", "test err", 1),
+    ("pruned_test_err", "dead removed (implicit)", 1),
+    ("slim_pruned_test_err", "network slimming", 1),
+    ("l1norm_pruned_test_err", "L1-norm (Li et al.)", 1),
+)
+
+
+def pruning_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
+    """Test error after removing the dead filters vs after explicit pruning of as many filters, for
+    the configurations that had dead filters; None when none had."""
+    if "conv_params_pruned_pct_mean" not in agg.columns:
+        return None
+    pruned = agg.filter(pl.col("conv_params_pruned_pct_mean") > 0)
+    if pruned.is_empty():
+        return None
+    columns = _label_text(pruned)
+    for metric, header, decimals in _PRUNING:
+        columns[header] = _mean_std(pruned, metric, decimals)
+    return pl.DataFrame(columns)
+
+
 def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
     """table.csv: the varying settings as row labels, then every number, then provenance."""
     numbers = [c for c in agg.columns if c.endswith(("_mean", "_std")) or c.startswith(("paper_", "diff_"))]
@@ -137,6 +163,18 @@ def write_tables(agg: pl.DataFrame, out: Path, sweep: str) -> None:
             "(a sweep on another dataset is set beside the CIFAR-10 rows).",
             "",
             markdown_table(paper),
+        ]
+    pruning = pruning_markdown(agg)
+    if pruning is not None:
+        parts += [
+            "",
+            "## Implicit vs explicit pruning",
+            "",
+            "Test error (%) of each trained network after its dead filters are removed, and after the "
+            "same number of filters is removed by network slimming (smallest |gamma| overall) or by "
+            "L1-norm pruning (smallest filters in each layer), without fine-tuning.",
+            "",
+            markdown_table(pruning),
         ]
     (out / "table.md").write_text("\n".join(parts) + "\n")
 

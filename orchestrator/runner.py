@@ -44,7 +44,8 @@ __all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
 FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
-PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup")
+PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup",
+                  "l1norm_pruned_test_err", "slim_pruned_test_err")
 FINAL_COLUMNS = ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")
 EPOCH_COLUMNS = ("epoch", "lr", *FINAL_COLUMNS)
 # The per-epoch tables and the columns that identify one of their rows within a trial.
@@ -268,7 +269,8 @@ def connect(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        # "local": always a fresh embedded Ray, never a `ray start` cluster that happens to run here.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
 
 
 def run_sweep(

@@ -76,6 +76,9 @@ def trials_schema() -> pa.Schema:
             pa.field("conv_params_pruned_pct", pa.float64()),
             pa.field("flops_pruned_pct", pa.float64()),
             pa.field("pruned_speedup", pa.float64()),
+            # the explicit baselines at the same reduction, on the same trained network
+            pa.field("l1norm_pruned_test_err", pa.float64()),
+            pa.field("slim_pruned_test_err", pa.float64()),
             # multi-objective searches only: non-dominated among the sweep's finished trials
             pa.field("on_pareto_front", pa.bool_()),
             pa.field("wall_time_s", pa.float64()),

@@ -381,7 +381,9 @@ def pruned_metrics(
 
     pruned_test_err: test error (%) of the pruned model; conv_params_pruned_pct and flops_pruned_pct:
     % of conv weights and of FLOPs (one input of the data's shape) removed; pruned_speedup: eval
-    latency unpruned / pruned on the model's device, batch min(eval_batch_size, test-set size).
+    latency unpruned / pruned on the model's device, batch min(eval_batch_size, test-set size);
+    l1norm_pruned_test_err / slim_pruned_test_err: the test error when Li et al.'s L1-norm pruning
+    (same count per layer) or network slimming (same count overall) removes as many filters instead.
     by="activation" measures max activations over the training set unless `max_act` is given.
     """
     from .train import evaluate  # train.py imports this module
@@ -391,6 +393,13 @@ def pruned_metrics(
         max_act = {name: s.max_act for name, s in stats.items() if s.max_act is not None}
     pruned = prune_dead(model, by=by, max_act=max_act)
     _, pruned_err = evaluate(pruned, data, eval_batch_size)
+    # The explicit methods, on the same trained network and at the same parameter reduction: L1-norm
+    # pruning removes as many filters in each layer, network slimming as many in the whole network.
+    keep = dead_keep_masks(model, by=by, max_act=max_act)
+    removed = {name: 1.0 - mask.float().mean().item() for name, mask in keep.items()}
+    total_removed = sum((~mask).sum().item() for mask in keep.values()) / sum(m.numel() for m in keep.values())
+    _, l1norm_err = evaluate(l1_norm_prune(model, removed), data, eval_batch_size)
+    _, slim_err = evaluate(slim_prune(model, total_removed), data, eval_batch_size)
     device = next(model.parameters()).device
     one = data.normalize(data.test_x[:1]).to(device)
     batch = data.normalize(data.test_x[: min(eval_batch_size, len(data.test_y))]).to(device)
@@ -400,4 +409,6 @@ def pruned_metrics(
         "conv_params_pruned_pct": 100.0 * (1 - conv_weight_count(pruned) / conv_weight_count(model)),
         "flops_pruned_pct": 100.0 * (1 - pruned_flops / full_flops),
         "pruned_speedup": _latency(model, batch) / _latency(pruned, batch),
+        "l1norm_pruned_test_err": l1norm_err,
+        "slim_pruned_test_err": slim_err,
     }

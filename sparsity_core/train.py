@@ -37,7 +37,7 @@ class LayerMetrics:
     n_filters: int
     dead_gamma: int
     dead_act: int | None = None
-    revived: int | None = None  # filters the `revive` remedy re-initialised after this epoch
+    revived: int | None = None  # filters the `revive` remedy re-initialised (`psbn`: shifted) after this epoch
 
 
 @dataclass(frozen=True)

@@ -196,10 +196,15 @@ def test_pruned_metrics(by):
     net.train()
     metrics = pruned_metrics(net, data, eval_batch_size=32, by=by)
     assert net.training  # restored after the eval-mode measurements
-    assert set(metrics) == {"pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup"}
+    assert set(metrics) == {"pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup",
+                            "l1norm_pruned_test_err", "slim_pruned_test_err"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["pruned_test_err"] == evaluate(net, data, 32)[1]
     assert 0 < metrics["flops_pruned_pct"] < 100 and metrics["pruned_speedup"] > 0
+    max_act = {name: st.max_act for name, st in filter_stats(net, data, batch_size=32).items()}
+    keep = dead_keep_masks(net, by=by, max_act=max_act)
+    per_layer = {name: 1 - mask.float().mean().item() for name, mask in keep.items()}
+    assert metrics["l1norm_pruned_test_err"] == evaluate(l1_norm_prune(net, per_layer), data, 32)[1]
     if by == "gamma":
         pruned = prune_dead(net)
         expected = 100 * (1 - conv_weight_count(pruned) / conv_weight_count(net))

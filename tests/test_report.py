@@ -57,6 +57,8 @@ def _write_trial(store: ResultStore, optimizer: str, strength: float, seed: int)
         "trial_id": tid, "sweep": store.sweep, "status": "ok", **cfg.flat(), "epochs_run": 2,
         "train_loss": 0.25, "test_loss": 0.3, "test_err": err, "dead_gamma_pct": total, "dead_act_pct": total,
         "wall_time_s": 1.0, "code_version": "test", "error": "", "config_json": cfg.model_dump_json(),
+        "conv_params_pruned_pct": total, "flops_pruned_pct": total / 2, "pruned_speedup": 1.5,
+        "pruned_test_err": err, "slim_pruned_test_err": err + 5, "l1norm_pruned_test_err": err + 10,
     }])
 
 
@@ -105,6 +107,15 @@ def test_table_has_layers_configurations_and_the_paper(built: Path) -> None:
     assert adam["C7_mean"] == 100.0 and adam["test_err_mean"] == pytest.approx(13.25)
     assert adam["paper_C7"] == 98.0 and adam["diff_C7"] == pytest.approx(2.0)
     assert {"config", "n_seeds", "trial_ids", "code_versions"} <= set(csv.columns)
+
+
+def test_implicit_vs_explicit_pruning_table(built: Path) -> None:
+    md = (built / "table.md").read_text()
+    section = md.split("## Implicit vs explicit pruning", 1)[1]
+    header = next(line for line in section.splitlines() if line.startswith("| optimizer"))
+    assert "| dead removed (implicit) | network slimming | L1-norm (Li et al.) |" in header
+    adam = next(line for line in section.splitlines() if line.startswith("| adam | 0.001 |"))
+    assert "| 13.2 ± 0.4 | 18.2 ± 0.4 | 23.2 ± 0.4 |" in adam
 
 
 def test_claims_are_checked(built: Path) -> None:
