@@ -205,7 +205,10 @@ class StoreCallback(tune.Callback):
         self._finish(trial, "diverged" if last.get("diverged") else "ok")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "failed", _last_line(str(trial.get_error() or "the trial raised")))
+        # Tune writes the traceback to the trial's local folder first and syncs it to storage later.
+        local = Path(trial.error_file) if trial.error_file else None
+        text = local.read_text() if local is not None and local.is_file() else trial.get_error()
+        self._finish(trial, "failed", _last_line(str(text or "the trial raised")))
 
 
 def _last_line(text: str) -> str:
