@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DataConfig",
@@ -36,10 +36,15 @@ MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
 ACTIVATION_NAMES = ("relu", "leaky_relu")
 
 
-def _one_of(value: str, valid: tuple[str, ...], what: str) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-    return value
+def _one_of(valid: tuple[str, ...], what: str) -> Any:
+    """A str type that accepts only the registry's names (the error lists them)."""
+
+    def check(value: str) -> str:
+        if value not in valid:
+            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
 
 
 class _Section(BaseModel):
@@ -49,7 +54,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which images, where they live, and how they are fed."""
 
-    name: str = "digits"
+    name: _one_of(DATASET_NAMES, "dataset") = "digits"
     root: str | None = Field(None, description="local folder of cifar10/cifar100/imagefolder data")
     download: bool = Field(False, description="let torchvision download CIFAR into `root`")
     image_size: int | None = Field(
@@ -59,10 +64,6 @@ class DataConfig(_Section):
     n_train: int = Field(512, gt=0, description="synthetic only: training images")
     n_test: int = Field(128, gt=0, description="synthetic only: test images")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _one_of(v, DATASET_NAMES, "dataset")
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> DataConfig:
@@ -74,22 +75,14 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Architecture and the BN / activation knobs the study varies."""
 
-    name: str = "basicnet"
+    name: _one_of(MODEL_NAMES, "model") = "basicnet"
     width: float = Field(1.0, gt=0, description="multiplier on every layer's filter count")
-    activation: str = "relu"
+    activation: _one_of(ACTIVATION_NAMES, "activation") = "relu"
     negative_slope: float = Field(0.01, ge=0, lt=1, description="leaky_relu only")
     gamma_init: float = 1.0
     beta_init: float = 0.0
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _one_of(v, MODEL_NAMES, "model")
 
-    @field_validator("activation")
-    @classmethod
-    def _known_act(cls, v: str) -> str:
-        return _one_of(v, ACTIVATION_NAMES, "activation")
 
 
 class TrainConfig(_Section):
@@ -97,9 +90,9 @@ class TrainConfig(_Section):
     `reference_batch_size` is set, in which case they are for that batch size and are rescaled so
     the number of iterations stays the same (the paper's batch-size rule)."""
 
-    optimizer: str = "adam"
+    optimizer: _one_of(OPTIMIZER_NAMES, "optimizer") = "adam"
     lr: float | None = Field(None, gt=0, description="base LR; None takes the paper's default")
-    reg: str = "none"
+    reg: _one_of(REGULARIZER_NAMES, "regularizer") = "none"
     strength: float = Field(0.0, ge=0, description="lambda of the regularizer")
     batch_size: int = Field(40, gt=0)
     epochs: int = Field(325, gt=0)
@@ -115,23 +108,13 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast of the training step on CUDA (BN statistics stay fp32)"
     )
-    remedy: str = Field("none", description="fix for collapsed filters (see sparsity_core.remedies)")
+    remedy: _one_of(REMEDY_NAMES, "remedy") = Field(
+        "none", description="fix for collapsed filters (see sparsity_core.remedies)"
+    )
     revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs")
 
-    @field_validator("optimizer")
-    @classmethod
-    def _known_opt(cls, v: str) -> str:
-        return _one_of(v, OPTIMIZER_NAMES, "optimizer")
 
-    @field_validator("reg")
-    @classmethod
-    def _known_reg(cls, v: str) -> str:
-        return _one_of(v, REGULARIZER_NAMES, "regularizer")
 
-    @field_validator("remedy")
-    @classmethod
-    def _known_remedy(cls, v: str) -> str:
-        return _one_of(v, REMEDY_NAMES, "remedy")
 
     @field_validator("lr_steps")
     @classmethod
