@@ -43,6 +43,7 @@ __all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
+ID_KEY = "sweep_trial_id"  # our trial id in a report; Tune overwrites `trial_id` with its own
 FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
 PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup",
                   "l1norm_pruned_test_err", "slim_pruned_test_err")
@@ -52,28 +53,38 @@ EPOCH_COLUMNS = ("epoch", "lr", *FINAL_COLUMNS)
 ROW_KEYS = {"epochs": ("epoch",), "layers": ("epoch", "layer"), "filters": ("epoch", "layer", "filter")}
 
 
-def trial_config(config: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig of a Tune trial: its base settings, with any values a searcher sampled
-    (top-level keys named by a setting's alias) written in."""
-    settings = copy.deepcopy(config["trial"])
-    for alias, path in alias_paths().items():
-        if alias in config:
-            *sections, leaf = path.split(".")
-            node = settings
-            for section in sections:
-                node = node.setdefault(section, {})
-            node[leaf] = config[alias]
-    return TrialConfig.model_validate(settings)
+def trial_configs(config: dict[str, Any]) -> list[TrialConfig]:
+    """The TrialConfigs of a Tune trial: one, or a pack of them (`pack:` in the sweep). Values a
+    searcher sampled (top-level keys named by a setting's alias) are written into each."""
+    configs = []
+    for base in config["trials"]:
+        settings = copy.deepcopy(base)
+        for alias, path in alias_paths().items():
+            if alias in config:
+                *sections, leaf = path.split(".")
+                node = settings
+                for section in sections:
+                    node = node.setdefault(section, {})
+                node[leaf] = config[alias]
+        configs.append(TrialConfig.model_validate(settings))
+    return configs
 
 
 def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) -> None:
-    """One Tune trial: train the config, report each epoch, checkpoint when the trainer says so.
+    """One Tune trial: train its config, report each epoch, checkpoint when the trainer says so;
+    or train a pack of configs as one packed model, reporting each member's epochs.
 
-    It continues from Tune's own checkpoint when Tune retries it, else from `resume_from` (the
-    driver's pick among checkpoints that an earlier, interrupted run of the sweep left behind).
+    A single trial continues from Tune's own checkpoint when Tune retries it, else from
+    `resume_from` (the driver's pick among checkpoints an earlier, interrupted run left behind).
     """
     torch.set_num_threads(max(1, int(config["threads"])))
-    cfg = trial_config(config)
+    cfgs = trial_configs(config)
+    if len(cfgs) > 1:
+        from sparsity_core.packed import train_packed
+
+        train_packed(cfgs, lambda i, metrics: tune.report({**metrics.to_record(), ID_KEY: cfgs[i].trial_id}))
+        return
+    cfg = cfgs[0]
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and cfg.trial_id in resume_from:
         checkpoint = tune.Checkpoint(resume_from[cfg.trial_id], filesystem=filesystem)
@@ -83,7 +94,7 @@ def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) 
             resume = torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
     def report(metrics, state) -> None:
-        record = metrics.to_record()
+        record = {**metrics.to_record(), ID_KEY: cfg.trial_id}
         if state is None:
             tune.report(record)
             return
@@ -94,6 +105,22 @@ def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) 
             tune.report(record, checkpoint=tune.Checkpoint.from_directory(folder))
 
     train(cfg, report, resume=resume, checkpoint_every=config["checkpoint_every"])
+
+
+def pack_trials(trials: list[TrialConfig], size: int) -> list[list[TrialConfig]]:
+    """Greedy packs of up to `size` trials that can share one packed model (in sweep order)."""
+    if size == 1:
+        return [[t] for t in trials]
+    from sparsity_core.packed import can_pack
+
+    packs: list[list[TrialConfig]] = []
+    for trial in trials:
+        home = next((p for p in packs if len(p) < size and can_pack([*p, trial]) is None), None)
+        if home is None:
+            packs.append([trial])
+        else:
+            home.append(trial)
+    return packs
 
 
 def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
@@ -132,8 +159,9 @@ class _Running:
 class StoreCallback(tune.Callback):
     """Driver-side writer: epoch/layer/filter rows as results arrive, the trial row at the end.
 
-    Rows are keyed by epoch, so a trial that restarts (a retry, or a resume from its checkpoint)
-    replaces what it reports again instead of duplicating it.
+    Rows are keyed by trial id and epoch, so a trial that restarts (a retry, or a resume from its
+    checkpoint) replaces what it reports again instead of duplicating it, and the members of a
+    packed Tune trial each get their own files.
     """
 
     def __init__(self, store: ResultStore, version: str):
@@ -142,14 +170,12 @@ class StoreCallback(tune.Callback):
         self.running: dict[str, _Running] = {}
         self.statuses: dict[str, str] = {}
 
-    def _state(self, trial) -> _Running:
-        if trial.trial_id not in self.running:
-            self.running[trial.trial_id] = _Running(trial_config(trial.config))
-        return self.running[trial.trial_id]
+    def _run(self, cfg: TrialConfig) -> _Running:
+        return self.running.setdefault(cfg.trial_id, _Running(cfg))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run = self._state(trial)
-        tid = run.cfg.trial_id
+        tid = result[ID_KEY]
+        run = self._run(next(c for c in trial_configs(trial.config) if c.trial_id == tid))
         epoch = int(result["epoch"])
         if not run.loaded:  # keep the rows of epochs finished before a resume from a checkpoint
             for table, key in ROW_KEYS.items():
@@ -180,35 +206,35 @@ class StoreCallback(tune.Callback):
                 self.store.write(table, run.cfg.trial_id, [rows[k] for k in sorted(rows)])
         run.flushed_at = time.monotonic()
 
-    def _finish(self, trial, status: str, error: str = "") -> None:
-        run = self._state(trial)
-        self._flush(run)
-        last = run.last or {}
-        self.store.write("trials", run.cfg.trial_id, [{
-            "trial_id": run.cfg.trial_id,
-            "sweep": self.store.sweep,
-            "status": status,
-            **run.cfg.flat(),
-            "epochs_run": last.get("epoch", 0),
-            **{k: last.get(k) for k in (*FINAL_COLUMNS, *PRUNED_COLUMNS)},
-            "wall_time_s": last.get("time_total_s"),
-            "code_version": self.version,
-            "error": error,
-            "finished_at": dt.datetime.now(dt.timezone.utc),
-            "config_json": run.cfg.model_dump_json(),
-        }])
-        self.statuses[run.cfg.trial_id] = status
-        del self.running[trial.trial_id]
+    def _finish(self, trial, failure: str | None = None) -> None:
+        for cfg in trial_configs(trial.config):
+            run = self.running.pop(cfg.trial_id, None) or _Running(cfg)
+            self._flush(run)
+            last = run.last or {}
+            status = "failed" if failure is not None else "diverged" if last.get("diverged") else "ok"
+            self.store.write("trials", cfg.trial_id, [{
+                "trial_id": cfg.trial_id,
+                "sweep": self.store.sweep,
+                "status": status,
+                **cfg.flat(),
+                "epochs_run": last.get("epoch", 0),
+                **{k: last.get(k) for k in (*FINAL_COLUMNS, *PRUNED_COLUMNS)},
+                "wall_time_s": last.get("time_total_s"),
+                "code_version": self.version,
+                "error": failure or "",
+                "finished_at": dt.datetime.now(dt.timezone.utc),
+                "config_json": cfg.model_dump_json(),
+            }])
+            self.statuses[cfg.trial_id] = status
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = self._state(trial).last or {}
-        self._finish(trial, "diverged" if last.get("diverged") else "ok")
+        self._finish(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Tune writes the traceback to the trial's local folder first and syncs it to storage later.
         local = Path(trial.error_file) if trial.error_file else None
         text = local.read_text() if local is not None and local.is_file() else trial.get_error()
-        self._finish(trial, "failed", _last_line(str(text or "the trial raised")))
+        self._finish(trial, _last_line(str(text or "the trial raised")))
 
 
 def _last_line(text: str) -> str:
@@ -234,7 +260,7 @@ class ProgressCallback(tune.Callback):
         if done == self.reported and now - self.printed_at < self.every_s:
             return
         self.reported, self.printed_at = done, now
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = sum(len(t.config["trials"]) for t in trials if t.status == "RUNNING")
         elapsed = now - self.start
         eta = f"~{_duration(elapsed / done * (self.total - done))}" if done else "unknown"
         counts = ", ".join(f"{n} {s}" for s in ("ok", "diverged", "failed")
@@ -293,7 +319,10 @@ def run_sweep(
         print(f"sweep {spec.name!r}: {len(trials)} trials, {skipped} already finished, {len(todo)} to run "
               f"(varying: {', '.join(varying_settings(trials)) or 'nothing'}); results in {store.uri}", flush=True)
         planned = len(todo)
-        trial_space = tune.grid_search([t.model_dump(mode="json") for t in todo])
+        packs = pack_trials(todo, spec.pack)
+        if spec.pack > 1:
+            print(f"{len(todo)} trials packed into {len(packs)} packed models", flush=True)
+        trial_space = tune.grid_search([[t.model_dump(mode="json") for t in pack] for pack in packs])
         search = {}
     else:
         storage = spec.optuna.storage or default_storage(str(Path(store.path).parent), spec.name)
@@ -301,7 +330,7 @@ def run_sweep(
         skipped = spec.optuna.n_trials - planned
         print(f"search {spec.name!r}: {spec.optuna.n_trials} trials, {skipped} already finished, {planned} to run "
               f"(searching: {', '.join(spec.optuna.space)}); study in {storage}; results in {store.uri}", flush=True)
-        trial_space = trials[0].model_dump(mode="json")
+        trial_space = [trials[0].model_dump(mode="json")]
         search = {"search_alg": make_searcher(spec.optuna, spec.name, storage)}
     if not planned:
         return SweepSummary(skipped + planned, skipped, {})
@@ -321,7 +350,7 @@ def run_sweep(
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         ),
         param_space={
-            "trial": trial_space,
+            "trials": trial_space,
             "checkpoint_every": spec.checkpoint_every,
             "threads": math.ceil(spec.resources.cpu),
         },
@@ -365,7 +394,8 @@ def mark_pareto_front(store: ResultStore, objectives) -> None:
 
 
 def _trial_name(trial) -> str:
-    return trial_config(trial.config).trial_id
+    cfgs = trial_configs(trial.config)
+    return cfgs[0].trial_id + (f"-pack{len(cfgs)}" if len(cfgs) > 1 else "")
 
 
 def describe(trials: list[TrialConfig]) -> list[str]:

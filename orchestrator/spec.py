@@ -53,6 +53,8 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     retries: int = Field(2, ge=0, description="re-runs of a trial that raised, before it counts as failed")
     checkpoint_every: int = Field(0, ge=0, description="Tune checkpoint every k epochs (0: none)")
+    pack: int = Field(1, ge=1, description="train up to N compatible trials as one packed model "
+                                             "(one Tune trial with the `resources` above)")
     optuna: OptunaSpec | None = Field(
         None, description="search these settings with Optuna instead of a grid (the rest is the fixed base)"
     )
@@ -62,6 +64,9 @@ class SweepSpec(BaseModel):
         if self.optuna is not None and (self.grid or self.variants or len(self.seeds) > 1):
             raise ValueError("a sweep with `optuna:` searches from one fixed base: drop `grid:`, "
                              "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
+        if self.pack > 1 and (self.optuna is not None or self.checkpoint_every):
+            raise ValueError("`pack:` trains a grid's trials together without checkpoints: "
+                             "use it without `optuna:` and with checkpoint_every: 0")
         return self
 
 
