@@ -60,7 +60,7 @@ class SweepSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_base_for_a_search(self) -> SweepSpec:
+    def _modes_fit_together(self) -> SweepSpec:
         if self.optuna is not None and (self.grid or self.variants or len(self.seeds) > 1):
             raise ValueError("a sweep with `optuna:` searches from one fixed base: drop `grid:`, "
                              "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
