@@ -47,6 +47,14 @@ def _one_of(valid: tuple[str, ...], what: str) -> Any:
     return Annotated[str, AfterValidator(check)]
 
 
+DatasetName = _one_of(DATASET_NAMES, "dataset")
+ModelName = _one_of(MODEL_NAMES, "model")
+ActivationName = _one_of(ACTIVATION_NAMES, "activation")
+OptimizerName = _one_of(OPTIMIZER_NAMES, "optimizer")
+RegularizerName = _one_of(REGULARIZER_NAMES, "regularizer")
+RemedyName = _one_of(REMEDY_NAMES, "remedy")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -54,7 +62,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Which images, where they live, and how they are fed."""
 
-    name: _one_of(DATASET_NAMES, "dataset") = "digits"
+    name: DatasetName = "digits"
     root: str | None = Field(None, description="local folder of cifar10/cifar100/imagefolder data")
     download: bool = Field(False, description="let torchvision download CIFAR into `root`")
     image_size: int | None = Field(
@@ -75,9 +83,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Architecture and the BN / activation knobs the study varies."""
 
-    name: _one_of(MODEL_NAMES, "model") = "basicnet"
+    name: ModelName = "basicnet"
     width: float = Field(1.0, gt=0, description="multiplier on every layer's filter count")
-    activation: _one_of(ACTIVATION_NAMES, "activation") = "relu"
+    activation: ActivationName = "relu"
     negative_slope: float = Field(0.01, ge=0, lt=1, description="leaky_relu only")
     gamma_init: float = 1.0
     beta_init: float = 0.0
@@ -90,9 +98,9 @@ class TrainConfig(_Section):
     `reference_batch_size` is set, in which case they are for that batch size and are rescaled so
     the number of iterations stays the same (the paper's batch-size rule)."""
 
-    optimizer: _one_of(OPTIMIZER_NAMES, "optimizer") = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float | None = Field(None, gt=0, description="base LR; None takes the paper's default")
-    reg: _one_of(REGULARIZER_NAMES, "regularizer") = "none"
+    reg: RegularizerName = "none"
     strength: float = Field(0.0, ge=0, description="lambda of the regularizer")
     batch_size: int = Field(40, gt=0)
     epochs: int = Field(325, gt=0)
@@ -108,7 +116,7 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast of the training step on CUDA (BN statistics stay fp32)"
     )
-    remedy: _one_of(REMEDY_NAMES, "remedy") = Field(
+    remedy: RemedyName = Field(
         "none", description="fix for collapsed filters (see sparsity_core.remedies)"
     )
     revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrialConfig
+from .config import TrainConfig, TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
 from .models import build_model, conv_blocks
 from .optim import build_optimizer, lr_factor, regularize_, set_lr
@@ -26,7 +26,8 @@ from .prune import pruned_metrics
 from .remedies import build_remedy
 from .sparsity import LayerFilters, dead_by_gamma, filter_stats
 
-__all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "train", "resolve_device", "evaluate"]
+__all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "train", "training_step", "resolve_device",
+           "evaluate"]
 
 Status = Literal["ok", "diverged"]
 
@@ -121,6 +122,29 @@ def evaluate(model: nn.Module, data: ImageData, batch_size: int) -> tuple[float,
     return loss_sum.item() / n, 100.0 * wrong.item() / n
 
 
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    """`step(x, y, lr_factor) -> loss` for one batch: forward (bf16 autocast on CUDA when asked),
+    backward, the regularizer's own part, the update. With `cfg.compile` the model and the
+    optimizer's update are compiled (the update alone is ~20% of a small model's step on CPU)."""
+    forward = torch.compile(model) if cfg.compile else model
+    update = torch.compile(optimizer.step) if cfg.compile else optimizer.step
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=device.type == "cuda" and cfg.precision == "bf16")
+
+    def step(x: torch.Tensor, y: torch.Tensor, factor: float) -> torch.Tensor:
+        with autocast:
+            loss = F.cross_entropy(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        regularize_(optimizer, cfg, factor)
+        update()
+        return loss.detach()
+
+    return step
+
+
 def _due(epoch: int, every: int, last: int) -> bool:
     return epoch == last or (every > 0 and epoch % every == 0)
 
@@ -160,8 +184,7 @@ def train(
     on_gpu = device.type == "cuda"
     if on_gpu:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if run_cfg.train.compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and run_cfg.train.precision == "bf16")
+    step = training_step(model, optimizer, run_cfg.train, device)
     # drop_last: a final batch of one image would break BatchNorm's training statistics.
     loader = BatchLoader(data, "train", run_cfg.train.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
                          generator=generator, drop_last=True, channels_last=on_gpu)
@@ -178,13 +201,7 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         for x, y in loader:
-            with autocast:
-                loss = F.cross_entropy(step_model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            regularize_(optimizer, run_cfg.train, factor)
-            optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += step(x, y, factor)
         train_loss = loss_sum.item() / len(loader)
         diverged = not math.isfinite(train_loss)
         revived = None if diverged else remedy.after_epoch(model, optimizer, epoch, data)
