@@ -6,6 +6,7 @@ Imports torch and torchvision only (no Ray, Optuna or Parquet), so `train(cfg)` 
 from .config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 from .data import DatasetError, ImageData, check_dataset, load_dataset
 from .models import BasicNet, build_model, conv_blocks
+from .packed import PackedConvNet, can_pack, train_packed
 from .sparsity import dead_by_gamma, filter_stats
 from .train import EpochMetrics, LayerMetrics, TrialResult, train
 
@@ -27,4 +28,7 @@ __all__ = [
     "LayerMetrics",
     "TrialResult",
     "train",
+    "PackedConvNet",
+    "can_pack",
+    "train_packed",
 ]

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "build_optimizer", "lr_factor", "set_lr", "regularize_"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "param_groups", "build_optimizer", "lr_factor", "set_lr", "regularize_"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-def _param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     groups: dict[str, list[nn.Parameter]] = {"weights": [], "gamma": [], "beta": []}
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -61,7 +61,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     coupled = cfg.strength if cfg.reg == "l2" else 0.0
     groups = [
         {"name": name, "params": params, "lr": base_lr * scales[name], "base_lr": base_lr * scales[name]}
-        for name, params in _param_groups(model).items()
+        for name, params in param_groups(model).items()
         if params
     ]
     return spec.cls(groups, lr=base_lr, weight_decay=coupled, **spec.kwargs)

@@ -26,8 +26,8 @@ from .prune import pruned_metrics
 from .remedies import build_remedy
 from .sparsity import LayerFilters, dead_by_gamma, filter_stats
 
-__all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "train", "training_step", "resolve_device",
-           "evaluate"]
+__all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "Status", "train", "training_step",
+           "measure_epoch", "resolve_device", "evaluate"]
 
 Status = Literal["ok", "diverged"]
 
@@ -206,17 +206,8 @@ def train(
         diverged = not math.isfinite(train_loss)
         revived = None if diverged else remedy.after_epoch(model, optimizer, epoch, data)
 
-        if diverged:
-            test_loss, test_err = math.nan, math.nan
-        else:
-            test_loss, test_err = evaluate(model, data, run_cfg.train.eval_batch_size)
-        measure_act = not diverged and _due(epoch, run_cfg.train.act_every, total)
-        snapshot = measure_act or _due(epoch, run_cfg.train.snapshot_every, total)
-        filters = filter_stats(model, data if measure_act else None, run_cfg.train.eval_batch_size) if snapshot else None
-        # The paper's practical claim, checked on every trial: remove the dead filters, re-test.
-        pruned = pruned_metrics(model, data, run_cfg.train.eval_batch_size) if epoch == total and not diverged else None
-        metrics = _epoch_metrics(model, epoch, optimizer.param_groups[0]["lr"], train_loss, test_loss, test_err,
-                                 filters, diverged, revived, pruned)
+        metrics = measure_epoch(model, run_cfg, data, epoch, optimizer.param_groups[0]["lr"], train_loss,
+                                diverged, revived)
         history.append(metrics)
         state = None
         if not diverged and checkpoint_every > 0 and _due(epoch, checkpoint_every, total):
@@ -234,6 +225,29 @@ def train(
             status, message = "diverged", f"training loss became {train_loss} at epoch {epoch}"
             break
     return TrialResult(cfg, status, history, time.perf_counter() - start_time, model, message)
+
+
+def measure_epoch(
+    model: nn.Module,
+    cfg: TrialConfig,
+    data: ImageData,
+    epoch: int,
+    lr: float,
+    train_loss: float,
+    diverged: bool,
+    revived: dict[str, int] | None = None,
+) -> EpochMetrics:
+    """Everything measured after an epoch of training: test loss and error, dead filters by gamma;
+    on `act_every` / `snapshot_every` epochs and the last one, per-filter stats (activations too);
+    on the last epoch, the pruned network. Shared by `train` and the packed trainer."""
+    t, total = cfg.train, cfg.train.total_epochs
+    test_loss, test_err = (math.nan, math.nan) if diverged else evaluate(model, data, t.eval_batch_size)
+    measure_act = not diverged and _due(epoch, t.act_every, total)
+    snapshot = measure_act or _due(epoch, t.snapshot_every, total)
+    filters = filter_stats(model, data if measure_act else None, t.eval_batch_size) if snapshot else None
+    # The paper's practical claim, checked on every trial: remove the dead filters, re-test.
+    pruned = pruned_metrics(model, data, t.eval_batch_size) if epoch == total and not diverged else None
+    return _epoch_metrics(model, epoch, lr, train_loss, test_loss, test_err, filters, diverged, revived, pruned)
 
 
 def _epoch_metrics(

@@ -173,3 +173,17 @@ def test_quick_pareto_search_runs_on_sqlite_and_resumes(tmp_path):
         assert not any(row["dead_gamma_pct"] >= b["dead_gamma_pct"] and row["test_err"] <= b["test_err"]
                        and (row["dead_gamma_pct"], row["test_err"]) != (b["dead_gamma_pct"], b["test_err"])
                        for b in best.iter_rows(named=True))
+
+
+def test_packed_trials_run_as_one_tune_trial_and_land_separately(tmp_path):
+    sweep = write_sweep(tmp_path, TINY + "grid: {strength: [1.0e-3, 1.0e-4]}\nseeds: [0, 1]\npack: 3\n")
+    results = tmp_path / "results"
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 trials packed into 2 packed models" in out.stdout
+    trials = table(results, "tiny", "trials")
+    assert trials.height == 4 and set(trials["status"]) == {"ok"}
+    assert sorted(zip(trials["strength"], trials["seed"])) == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)]
+    epochs = table(results, "tiny", "epochs")
+    assert epochs.height == 8 and epochs.select(["trial_id", "epoch"]).is_duplicated().sum() == 0
+    assert table(results, "tiny", "layers").height == 4 * 2 * 7
