@@ -39,7 +39,8 @@ from .spec import SweepSpec, varying_settings  # noqa: E402
 from .store import FINISHED, ResultStore  # noqa: E402
 from .version import code_version  # noqa: E402
 
-__all__ = ["SweepSummary", "run_sweep", "StoreCallback"]
+__all__ = ["SweepSummary", "run_sweep", "connect", "describe", "StoreCallback", "trial_configs", "pack_trials",
+           "resumable_checkpoints", "mark_pareto_front"]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
@@ -263,11 +264,14 @@ class ProgressCallback(tune.Callback):
         running = sum(len(t.config["trials"]) for t in trials if t.status == "RUNNING")
         elapsed = now - self.start
         eta = f"~{_duration(elapsed / done * (self.total - done))}" if done else "unknown"
-        counts = ", ".join(f"{n} {s}" for s in ("ok", "diverged", "failed")
-                           if (n := sum(v == s for v in self.statuses.values())))
+        counts = ", ".join(f"{n} {s}" for s, n in status_counts(self.statuses).items() if n)
         print(f"[{_duration(elapsed)}] {done}/{self.total} done{f' ({counts})' if counts else ''}, "
               f"{running} running, {self.total - done - running} pending, time left {eta}",
               file=self.stream, flush=True)
+
+
+def status_counts(statuses: dict[str, str]) -> dict[str, int]:
+    return {s: sum(v == s for v in statuses.values()) for s in ("ok", "diverged", "failed")}
 
 
 def _duration(seconds: float) -> str:
@@ -286,7 +290,7 @@ class SweepSummary:
         return [t for t, s in self.statuses.items() if s == "failed"]
 
     def lines(self) -> list[str]:
-        counts = {s: sum(v == s for v in self.statuses.values()) for s in ("ok", "diverged", "failed")}
+        counts = status_counts(self.statuses)
         return [f"{self.total} trials: {self.skipped} already finished, "
                 + ", ".join(f"{n} {s}" for s, n in counts.items())]
 
