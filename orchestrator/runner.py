@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from sparsity_core import TrialConfig, train  # noqa: E402
-from sparsity_core.config import alias_paths  # noqa: E402
+from sparsity_core.config import alias_paths, set_path  # noqa: E402
 
 from .search import default_storage, make_searcher, pareto_front, trials_left  # noqa: E402
 from .spec import SweepSpec, varying_settings  # noqa: E402
@@ -62,11 +62,7 @@ def trial_configs(config: dict[str, Any]) -> list[TrialConfig]:
         settings = copy.deepcopy(base)
         for alias, path in alias_paths().items():
             if alias in config:
-                *sections, leaf = path.split(".")
-                node = settings
-                for section in sections:
-                    node = node.setdefault(section, {})
-                node[leaf] = config[alias]
+                set_path(settings, path, config[alias])
         configs.append(TrialConfig.model_validate(settings))
     return configs
 
@@ -170,13 +166,16 @@ class StoreCallback(tune.Callback):
         self.version = version
         self.running: dict[str, _Running] = {}
         self.statuses: dict[str, str] = {}
+        self.members: dict[str, dict[str, TrialConfig]] = {}  # Tune trial -> its trial configs by id
 
-    def _run(self, cfg: TrialConfig) -> _Running:
-        return self.running.setdefault(cfg.trial_id, _Running(cfg))
+    def _configs(self, trial) -> dict[str, TrialConfig]:
+        if trial.trial_id not in self.members:
+            self.members[trial.trial_id] = {c.trial_id: c for c in trial_configs(trial.config)}
+        return self.members[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = result[ID_KEY]
-        run = self._run(next(c for c in trial_configs(trial.config) if c.trial_id == tid))
+        run = self.running.setdefault(tid, _Running(self._configs(trial)[tid]))
         epoch = int(result["epoch"])
         if not run.loaded:  # keep the rows of epochs finished before a resume from a checkpoint
             for table, key in ROW_KEYS.items():
@@ -208,7 +207,9 @@ class StoreCallback(tune.Callback):
         run.flushed_at = time.monotonic()
 
     def _finish(self, trial, failure: str | None = None) -> None:
-        for cfg in trial_configs(trial.config):
+        configs = list(self._configs(trial).values())
+        del self.members[trial.trial_id]
+        for cfg in configs:
             run = self.running.pop(cfg.trial_id, None) or _Running(cfg)
             self._flush(run)
             last = run.last or {}

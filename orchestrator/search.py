@@ -15,7 +15,6 @@ A study is found again by its name: running the same sweep again continues it.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparsity_core.config import TrialConfig, alias_paths
+from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
 from .store import TABLES
 
@@ -131,11 +130,6 @@ def _numeric_trial_columns() -> list[str]:
     return [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class Objective(BaseModel):
     """One objective: a numeric column of the trials table, maximised or minimised."""
 
@@ -148,7 +142,7 @@ class Objective(BaseModel):
     def _numeric_column(cls, v: str) -> str:
         valid = _numeric_trial_columns()
         if v not in valid:
-            raise ValueError(f"unknown metric {v!r}{_did_you_mean(v, valid)}; valid: {', '.join(valid)}")
+            raise ValueError(f"unknown metric {v!r}{did_you_mean(v, valid)}; valid: {', '.join(valid)}")
         return v
 
 
@@ -191,7 +185,7 @@ class OptunaSpec(BaseModel):
         valid = [a for a in alias_paths() if a != "seed"]
         for alias, param in space.items():
             if alias not in valid:
-                raise ValueError(f"unknown trial setting {alias!r}{_did_you_mean(alias, valid)}; "
+                raise ValueError(f"unknown trial setting {alias!r}{did_you_mean(alias, valid)}; "
                                  f"valid: {', '.join(valid)}")
             values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
             for value in values:

@@ -11,7 +11,6 @@ Every mistake raises `SpecError` with the file, the key and the fix; the CLI tur
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import typing
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sparsity_core.config import TrialConfig, alias_paths
+from sparsity_core.config import TrialConfig, alias_paths, did_you_mean, set_path
 
 from .search import OptunaSpec
 
@@ -70,11 +69,6 @@ class SweepSpec(BaseModel):
         return self
 
 
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecError:
     lines = []
     for e in err.errors():
@@ -82,7 +76,7 @@ def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecEr
         if e["type"] == "extra_forbidden":
             parent = e["loc"][:-1]
             options = _field_names(parent)
-            msg = f"unknown key{_did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
+            msg = f"unknown key{did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
             key = key or "(top level)"
@@ -125,19 +119,16 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise SpecError(f"--set {assignment!r}: the value is not valid YAML") from None
-    parts = key.split(".")
-    if parts[0] not in SweepSpec.model_fields:
+    path = key
+    if key.split(".")[0] not in SweepSpec.model_fields:
         if key not in alias_paths():
             options = list(SweepSpec.model_fields) + list(alias_paths())
-            raise SpecError(f"--set {assignment!r}: unknown key {key!r}{_did_you_mean(key, options)}")
-        parts = alias_paths()[key].split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {assignment!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+            raise SpecError(f"--set {assignment!r}: unknown key {key!r}{did_you_mean(key, options)}")
+        path = alias_paths()[key]
+    try:
+        set_path(raw, path, value)
+    except TypeError as e:
+        raise SpecError(f"--set {assignment!r}: {e}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
@@ -157,13 +148,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
     return spec
 
 
-def _resolve(key: str, source: str, where: str) -> list[str]:
+def _resolve(key: str, source: str, where: str) -> str:
+    """The dotted path of a trial setting named by its alias or its path."""
     paths = alias_paths()
     if key in paths:
-        return paths[key].split(".")
+        return paths[key]
     if key in paths.values():
-        return key.split(".")
-    raise SpecError(f"{source}: {where}{key}: unknown trial setting{_did_you_mean(key, list(paths))}; "
+        return key
+    raise SpecError(f"{source}: {where}{key}: unknown trial setting{did_you_mean(key, list(paths))}; "
                     f"valid: {', '.join(paths)}")
 
 
@@ -181,11 +173,8 @@ def expand(spec: SweepSpec, source: str = "sweep") -> list[TrialConfig]:
         for combo in itertools.product(*(values for _, values in axes)):
             for seed in spec.seeds:
                 settings = copy.deepcopy(base)
-                for path, value in [*fixed, *zip((p for p, _ in axes), combo), (["seed"], seed)]:
-                    node = settings
-                    for part in path[:-1]:
-                        node = node.setdefault(part, {})
-                    node[path[-1]] = value
+                for path, value in [*fixed, *zip((p for p, _ in axes), combo), ("seed", seed)]:
+                    set_path(settings, path, value)
                 try:
                     cfg = TrialConfig.model_validate(settings)
                 except ValidationError as e:

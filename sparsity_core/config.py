@@ -9,8 +9,10 @@ the section's name for a section's `name` field), which sweep grids and result c
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,12 +38,18 @@ MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
 ACTIVATION_NAMES = ("relu", "leaky_relu")
 
 
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest option, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _one_of(valid: tuple[str, ...], what: str) -> Any:
     """A str type that accepts only the registry's names (the error lists them)."""
 
     def check(value: str) -> str:
         if value not in valid:
-            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+            raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, valid)}; valid: {', '.join(valid)}")
         return value
 
     return Annotated[str, AfterValidator(check)]
@@ -173,6 +181,17 @@ class TrialConfig(_Section):
                 value = getattr(value, part)
             out[alias] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def set_path(mapping: dict[str, Any], path: str, value: Any) -> None:
+    """Write `value` at the dotted `path` of a nested mapping, creating missing sections; raises
+    TypeError when a section on the way is not a mapping."""
+    *sections, leaf = path.split(".")
+    for section in sections:
+        mapping = mapping.setdefault(section, {})
+        if not isinstance(mapping, dict):
+            raise TypeError(f"{section!r} is not a section")
+    mapping[leaf] = value
 
 
 def alias_paths() -> dict[str, str]:

@@ -108,7 +108,7 @@ def test_overrides_by_dotted_key_and_alias(tmp_path):
         (BASE + "gird: {optimizer: [adam]}\n", "gird: unknown key (did you mean 'grid'?)"),
         (BASE.replace("epochs: 2", "epohcs: 2"), "train.epohcs: unknown key (did you mean 'epochs'?)"),
         (BASE + "grid: {optimiser: [adam]}\n", "grid.optimiser: unknown trial setting (did you mean 'optimizer'?)"),
-        (BASE + "grid: {optimizer: [adamw]}\n", "unknown optimizer 'adamw'; valid: sgd, adam"),
+        (BASE + "grid: {optimizer: [adamw]}\n", "unknown optimizer 'adamw' (did you mean 'adam'?); valid: sgd, adam"),
         (BASE + "grid: {strength: [-1.0]}\n", "train.strength: Input should be greater than or equal to 0"),
         (BASE + "grid: {reg: [l3]}\n", "unknown regularizer 'l3'"),
         (BASE.replace("synthetic", "mnist"), "unknown dataset 'mnist'"),
