@@ -8,7 +8,8 @@ from .data import DatasetError, ImageData, check_dataset, load_dataset
 from .models import BasicNet, build_model, conv_blocks
 from .packed import PackedConvNet, can_pack, train_packed
 from .sparsity import dead_by_gamma, filter_stats
-from .train import EpochMetrics, LayerMetrics, TrialResult, train
+from .metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics
+from .train import TrialResult, train
 
 __all__ = [
     "TrialConfig",
@@ -26,6 +27,8 @@ __all__ = [
     "filter_stats",
     "EpochMetrics",
     "LayerMetrics",
+    "FilterMetrics",
+    "PruneMetrics",
     "TrialResult",
     "train",
     "PackedConvNet",

@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import TrainConfig, TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
+from .metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics
 from .models import build_model, conv_blocks
 from .optim import build_optimizer, lr_factor, regularize_, set_lr
 from .prune import pruned_metrics
@@ -30,52 +31,6 @@ __all__ = ["LayerMetrics", "EpochMetrics", "TrialResult", "Report", "Status", "t
            "measure_epoch", "resolve_device", "evaluate"]
 
 Status = Literal["ok", "diverged"]
-
-
-@dataclass(frozen=True)
-class LayerMetrics:
-    layer: str
-    n_filters: int
-    dead_gamma: int
-    dead_act: int | None = None
-    revived: int | None = None  # filters the `revive` remedy re-initialised (`psbn`: shifted) after this epoch
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch measured. `epoch` is 1-based (the number of epochs trained so far)."""
-
-    epoch: int
-    lr: float
-    train_loss: float
-    test_loss: float
-    test_err: float  # percent of test images misclassified
-    dead_gamma_pct: float  # percent of all conv filters with |gamma| < 1e-3
-    layers: tuple[LayerMetrics, ...]
-    dead_act_pct: float | None = None  # only on epochs where activations were measured
-    diverged: bool = False  # the training loss is NaN/inf; training stops after this epoch
-    # last epoch only: the dead filters physically removed (pruned_test_err, conv_params_pruned_pct, ...)
-    pruned: dict[str, float] | None = None
-    filters: dict[str, LayerFilters] | None = field(default=None, repr=False)
-
-    def to_record(self) -> dict[str, Any]:
-        """Plain Python values only (crosses process boundaries): per-filter data as row lists."""
-        record = {k: v for k, v in asdict(self).items() if k not in ("layers", "filters", "pruned")}
-        record.update(self.pruned or {})  # top level, so a search can optimise e.g. pruned_test_err
-        record["layers"] = [asdict(layer) for layer in self.layers]
-        record["filters"] = None if self.filters is None else [
-            {
-                "layer": name,
-                "filter": i,
-                "gamma": float(lf.gamma[i]),
-                "beta": float(lf.beta[i]),
-                "max_act": None if lf.max_act is None else float(lf.max_act[i]),
-                "universality": None if lf.universality is None else float(lf.universality[i]),
-            }
-            for name, lf in self.filters.items()
-            for i in range(len(lf.gamma))
-        ]
-        return record
 
 
 @dataclass
@@ -246,7 +201,7 @@ def measure_epoch(
     snapshot = measure_act or _due(epoch, t.snapshot_every, total)
     filters = filter_stats(model, data if measure_act else None, t.eval_batch_size) if snapshot else None
     # The paper's practical claim, checked on every trial: remove the dead filters, re-test.
-    pruned = pruned_metrics(model, data, t.eval_batch_size) if epoch == total and not diverged else None
+    pruned = PruneMetrics(**pruned_metrics(model, data, t.eval_batch_size)) if epoch == total and not diverged else None
     return _epoch_metrics(model, epoch, lr, train_loss, test_loss, test_err, filters, diverged, revived, pruned)
 
 
@@ -260,7 +215,7 @@ def _epoch_metrics(
     filters: dict[str, LayerFilters] | None,
     diverged: bool,
     revived: dict[str, int] | None,
-    pruned: dict[str, float] | None,
+    pruned: PruneMetrics | None,
 ) -> EpochMetrics:
     counts = dead_by_gamma(model)
     dead = dict(zip(counts, torch.stack(list(counts.values())).tolist()))  # one device sync
@@ -287,8 +242,20 @@ def _epoch_metrics(
         dead_gamma_pct=100.0 * sum(dead.values()) / n_total,
         layers=layers,
         dead_act_pct=None if None in dead_act else 100.0 * sum(dead_act) / n_total,
-        filters=filters,
+        filters=None if filters is None else _filter_rows(filters),
         diverged=diverged,
         pruned=pruned,
     )
 
+
+
+def _filter_rows(filters: dict[str, LayerFilters]) -> tuple[FilterMetrics, ...]:
+    def values(t: torch.Tensor | None, n: int) -> list[float | None]:
+        return [None] * n if t is None else t.tolist()
+
+    rows = []
+    for name, lf in filters.items():
+        n = len(lf.gamma)
+        rows += [FilterMetrics(name, i, g, b, m, u) for i, (g, b, m, u) in enumerate(zip(
+            lf.gamma.tolist(), lf.beta.tolist(), values(lf.max_act, n), values(lf.universality, n)))]
+    return tuple(rows)

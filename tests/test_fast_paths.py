@@ -4,6 +4,7 @@ transforms, torch.compile vs eager, channels_last vs contiguous, and `train` wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -103,5 +104,5 @@ def test_train_with_compile_reports_finite_metrics(tiny) -> None:
     assert result.status == "ok"
     final = result.final
     assert final is not None and final.epoch == 1 and final.pruned
-    values = [final.train_loss, final.test_loss, final.test_err, final.dead_gamma_pct, *final.pruned.values()]
+    values = [final.train_loss, final.test_loss, final.test_err, final.dead_gamma_pct, *dataclasses.astuple(final.pruned)]
     assert all(math.isfinite(v) for v in values)

@@ -114,8 +114,7 @@ def _assert_same_run(packed, solo):
         assert a.dead_gamma_pct == b.dead_gamma_pct
         assert [layer.dead_gamma for layer in a.layers] == [layer.dead_gamma for layer in b.layers]
         assert (a.filters is None) == (b.filters is None) and (a.pruned is None) == (b.pruned is None)
-    assert packed.final.pruned.keys() == solo.final.pruned.keys()
-    assert packed.final.pruned["pruned_test_err"] == solo.final.pruned["pruned_test_err"]
+    assert packed.final.pruned.pruned_test_err == solo.final.pruned.pruned_test_err
     assert packed.final.dead_act_pct == solo.final.dead_act_pct
 
 
