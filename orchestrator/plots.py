@@ -1,4 +1,4 @@
-"""Figures of the report: each takes a DataFrame from `orchestrator.analysis` and returns a plotly
+"""Figures of the report: each takes a DataFrame from `orchestrator.figures` or `orchestrator.results` and returns a plotly
 figure (no computation beyond layout, no files). An empty input gives a figure that says what is
 missing and how to get it."""
 
@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from .analysis import CONFIG_COLUMNS, layer_columns
+from .results import CONFIG_COLUMNS, layer_columns
 
 __all__ = [
     "empty_figure",
@@ -41,7 +41,7 @@ def _hover_columns(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
 
 def pareto_figure(points: pl.DataFrame) -> go.Figure:
     """Total % dead filters (by gamma) against test error, one point per configuration (mean over
-    seeds, bars one std), the non-dominated front as a line. Input: `analysis.pareto_points`."""
+    seeds, bars one std), the non-dominated front as a line. Input: `results.pareto_points`."""
     title = "Sparsity vs test error (Pareto front: most dead filters, least error)"
     points = points.filter(pl.col("dead_gamma_pct_mean").is_finite() & pl.col("test_err_mean").is_finite())
     if points.is_empty():
@@ -63,7 +63,7 @@ def pareto_figure(points: pl.DataFrame) -> go.Figure:
 
 
 def layers_figure(profile: pl.DataFrame) -> go.Figure:
-    """% dead filters by gamma per conv layer, one line per configuration. Input: `analysis.layer_profile`."""
+    """% dead filters by gamma per conv layer, one line per configuration. Input: `figures.layer_profile`."""
     title = "Dead filters by gamma per layer (final epoch, mean over seeds)"
     if profile.is_empty():
         return empty_figure(title, "no per-layer counts: the sweep's `layers` table is empty")
@@ -91,7 +91,7 @@ def _band(fig: go.Figure, d: pl.DataFrame, low: str, high: str, color: str, opac
 def gamma_beta_figure(quantiles: pl.DataFrame) -> go.Figure:
     """BN gamma (left) and beta (right) over training for the chosen layers (rows): per configuration
     the median filter, a band over the middle 50% and a fainter one over 90% (the supplement's Fig. 1).
-    Input: `analysis.gamma_beta_quantiles`."""
+    Input: `figures.gamma_beta_quantiles`."""
     title = "BN gamma and beta over training (median, 25-75% and 5-95% of filters)"
     if quantiles.is_empty():
         return empty_figure(title, "no per-filter snapshots: set train.snapshot_every > 0 in the sweep")
@@ -121,7 +121,7 @@ def gamma_beta_figure(quantiles: pl.DataFrame) -> go.Figure:
 
 def universality_figure(hist: pl.DataFrame) -> go.Figure:
     """Histogram of feature universality per layer (one panel each), bars per configuration (the
-    supplement's Fig. 2). Input: `analysis.universality_histogram`."""
+    supplement's Fig. 2). Input: `figures.universality_histogram`."""
     title = "Feature universality: fraction of training images a filter activates on"
     if hist.is_empty():
         return empty_figure(title, "no universality measured: the sweep's `filters` table has none")
@@ -146,7 +146,7 @@ def _plain_facet_titles(fig: go.Figure) -> None:
 
 def lowgrad_figure(lowgrad: pl.DataFrame) -> go.Figure:
     """The low-gradient simulation: the scalar against iterations, one panel per L2 strength, one
-    line per optimizer (the supplement's Fig. 3). Input: `analysis.lowgrad_frame`."""
+    line per optimizer (the supplement's Fig. 3). Input: `figures.lowgrad_frame`."""
     title = "Low-gradient regime: an L2-regularized scalar under each optimizer"
     if lowgrad.is_empty():
         return empty_figure(title, "no simulation data")

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import plotly.graph_objects as go  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orchestrator import analysis, plots  # noqa: E402
+from orchestrator import claims, figures, paper, plots, results  # noqa: E402
 from sparsity_core.lowgrad import simulate_low_gradient  # noqa: E402
 
 __all__ = ["ReportError", "build_report", "write_lowgrad", "markdown_table", "main"]
@@ -64,14 +64,14 @@ def _mean_std(agg: pl.DataFrame, metric: str, decimals: int) -> list[str | None]
 def _metrics(agg: pl.DataFrame) -> list[tuple[str, str, int]]:
     """Table columns in the supplement's order: losses and error, C1..Cn, totals, pruning; a
     column nobody measured (all null) is left out of the Markdown table."""
-    layers = [(c, c, 1) for c in analysis.layer_columns(c.removesuffix("_mean") for c in agg.columns)]
+    layers = [(c, c, 1) for c in results.layer_columns(c.removesuffix("_mean") for c in agg.columns)]
     ordered = [*_COLUMNS[:3], *layers, *_COLUMNS[3:]]
     return [m for m in ordered if f"{m[0]}_mean" in agg.columns and agg[f"{m[0]}_mean"].null_count() < agg.height]
 
 
 def _labels(agg: pl.DataFrame) -> pl.DataFrame:
     """The row-label settings, list settings (lr_steps) as text."""
-    labels = analysis.label_columns(agg)
+    labels = results.label_columns(agg)
     return agg.select(
         pl.col(c).cast(pl.List(pl.String)).list.join(",") if isinstance(agg.schema[c], pl.List) else pl.col(c)
         for c in labels
@@ -80,7 +80,7 @@ def _labels(agg: pl.DataFrame) -> pl.DataFrame:
 
 def _label_text(agg: pl.DataFrame) -> dict[str, pl.Series]:
     labels = _labels(agg)
-    return {c: labels[c].map_elements(analysis.format_setting, return_dtype=pl.String) for c in labels.columns}
+    return {c: labels[c].map_elements(results.format_setting, return_dtype=pl.String) for c in labels.columns}
 
 
 def results_markdown(agg: pl.DataFrame) -> pl.DataFrame:
@@ -197,7 +197,7 @@ def _write_figure(fig: go.Figure, path: Path) -> None:
 
 
 def _lowgrad_data(iterations: int) -> pl.DataFrame:
-    return analysis.lowgrad_frame(simulate_low_gradient(iterations=iterations))
+    return figures.lowgrad_frame(simulate_low_gradient(iterations=iterations))
 
 
 def write_lowgrad(out: str | Path, iterations: int = 10_000) -> Path:
@@ -209,9 +209,9 @@ def write_lowgrad(out: str | Path, iterations: int = 10_000) -> Path:
     return path
 
 
-def _index(sweep: str, results: analysis.Results, agg: pl.DataFrame, claims: pl.DataFrame) -> str:
-    statuses = results.trials["status"].value_counts(sort=True).rows()
-    varying = ", ".join(analysis.varying_settings(agg)) or "nothing"
+def _index(sweep: str, tables: results.Results, agg: pl.DataFrame, verdicts: pl.DataFrame) -> str:
+    statuses = tables.trials["status"].value_counts(sort=True).rows()
+    varying = ", ".join(results.varying_settings(agg)) or "nothing"
     links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
              ("claims.md", "the paper's claims checked"),
              ("pareto.html", "sparsity vs test error, Pareto front"), ("layers.html", "dead filters per layer"),
@@ -220,12 +220,12 @@ def _index(sweep: str, results: analysis.Results, agg: pl.DataFrame, claims: pl.
              ("lowgrad.html", "low-gradient simulation (Fig. 3)")]
     items = "\n".join(f'<li><a href="{f}">{f}</a>: {html.escape(text)}</li>' for f, text in links)
     verdicts = "\n".join(f"<li>{c}. <b>{html.escape(s)}</b>: {html.escape(t)}</li>"
-                         for c, t, s in claims.select("claim", "text", "status").rows())
+                         for c, t, s in verdicts.select("claim", "text", "status").rows())
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(sweep)} report</title></head>
 <body style="font-family: sans-serif; max-width: 60em">
 <h1>{html.escape(sweep)}</h1>
-<p>{results.trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
+<p>{tables.trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
 {agg.height} configurations, averaged over seeds; varying: {html.escape(varying)}.</p>
 <ul>
 {items}
@@ -258,16 +258,16 @@ def build_report(
     folder = Path(sweep_dir)
     _check_input(folder)
     try:
-        results = analysis.load_results(folder)
+        tables = results.load_results(folder)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise ReportError(f"{folder}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
                           "re-run the sweep's failed trials or remove the damaged files") from None
-    agg = analysis.aggregate(results.trials, results.layers)
+    agg = results.aggregate(tables.trials, tables.layers)
     if agg.is_empty():
-        counts = ", ".join(f"{n} {s}" for s, n in results.trials["status"].value_counts().rows())
+        counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
         raise ReportError(f"{folder}: no trial finished ok ({counts}); see the `error` column of "
                           "trials/*.parquet, fix the cause and run the sweep again")
-    known = analysis.layer_columns(results.filters["layer"].unique())
+    known = results.layer_columns(tables.filters["layer"].unique())
     unknown = [layer for layer in layers or () if layer not in known]
     if unknown:
         raise ReportError(f"--layers {','.join(unknown)}: not in the sweep's filters table; "
@@ -276,23 +276,23 @@ def build_report(
     target = Path(out) if out is not None else folder / "report"
     target.mkdir(parents=True, exist_ok=True)
     sweep = folder.resolve().name
-    agg = analysis.compare_with_paper(agg, analysis.load_reference())
+    agg = paper.compare_with_paper(agg, paper.load_reference())
     lowgrad = _lowgrad_data(lowgrad_iterations)
-    claims = analysis.check_claims(agg, lowgrad)
+    verdicts = claims.check_claims(agg, lowgrad)
     write_tables(agg, target, sweep)
-    write_claims(claims, target, sweep)
-    figures = {
-        "pareto.html": plots.pareto_figure(analysis.pareto_points(agg)),
-        "layers.html": plots.layers_figure(analysis.layer_profile(agg)),
+    write_claims(verdicts, target, sweep)
+    pages = {
+        "pareto.html": plots.pareto_figure(results.pareto_points(agg)),
+        "layers.html": plots.layers_figure(figures.layer_profile(agg)),
         "gamma_beta.html": plots.gamma_beta_figure(
-            analysis.gamma_beta_quantiles(results.filters, results.trials, layers)),
+            figures.gamma_beta_quantiles(tables.filters, tables.trials, layers)),
         "universality.html": plots.universality_figure(
-            analysis.universality_histogram(results.filters, results.trials)),
+            figures.universality_histogram(tables.filters, tables.trials)),
         "lowgrad.html": plots.lowgrad_figure(lowgrad),
     }
-    for name, fig in figures.items():
+    for name, fig in pages.items():
         _write_figure(fig, target / name)
-    (target / "index.html").write_text(_index(sweep, results, agg, claims))
+    (target / "index.html").write_text(_index(sweep, tables, agg, verdicts))
     return target
 
 

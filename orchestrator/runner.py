@@ -34,7 +34,8 @@ from ray import tune  # noqa: E402
 from sparsity_core import TrialConfig, train  # noqa: E402
 from sparsity_core.config import alias_paths, set_path  # noqa: E402
 
-from .search import default_storage, make_searcher, pareto_front, trials_left  # noqa: E402
+from .results import pareto_front  # noqa: E402
+from .search import default_storage, make_searcher, trials_left  # noqa: E402
 from .spec import SweepSpec, varying_settings  # noqa: E402
 from .store import FINISHED, ResultStore  # noqa: E402
 from .version import code_version  # noqa: E402
@@ -396,7 +397,7 @@ def mark_pareto_front(store: ResultStore, objectives) -> None:
     rows = [row for trial_id in store.finished() for row in store.read("trials", trial_id)]
     frame = pl.DataFrame({o.metric: [row[o.metric] for row in rows] for o in objectives},
                          schema={o.metric: pl.Float64 for o in objectives})
-    for row, flag in zip(rows, pareto_front(frame, objectives).to_list()):
+    for row, flag in zip(rows, pareto_front(frame, {o.metric: o.mode for o in objectives}).to_list()):
         if row["on_pareto_front"] != flag:
             store.write("trials", row["trial_id"], [{**row, "on_pareto_front": flag}])
 

@@ -15,14 +15,11 @@ A study is found again by its name: running the same sweep again continues it.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 import optuna
-import polars as pl
 import pyarrow as pa
 from optuna.distributions import (
     BaseDistribution,
@@ -54,7 +51,6 @@ __all__ = [
     "open_storage",
     "make_searcher",
     "trials_left",
-    "pareto_front",
 ]
 
 Mode = Literal["min", "max"]
@@ -268,7 +264,7 @@ def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str) -> Optuna
     storage = open_storage(storage_url)
     directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
     seed = spec.seed + _existing_trials(storage, study_name, directions)
-    from ray.tune.search.optuna import OptunaSearch  # Ray only where a search runs, not for pareto_front
+    from ray.tune.search.optuna import OptunaSearch  # Ray only where a search runs
 
     return OptunaSearch(
         space=spec.distributions(),
@@ -290,39 +286,3 @@ def trials_left(spec: OptunaSpec, study_name: str, storage_url: str) -> int:
         return spec.n_trials
     done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return max(0, spec.n_trials - len(done))
-
-
-def _as_pairs(objectives: Sequence[Objective | tuple[str, Mode]] | Mapping[str, Mode]) -> list[tuple[str, Mode]]:
-    if isinstance(objectives, Mapping):
-        return list(objectives.items())
-    return [(o.metric, o.mode) if isinstance(o, Objective) else (o[0], o[1]) for o in objectives]
-
-
-def pareto_front(
-    df: pl.DataFrame, objectives: Sequence[Objective | tuple[str, Mode]] | Mapping[str, Mode]
-) -> pl.Series:
-    """Per row, whether no other row dominates it (at least as good in every objective, better in
-    one). Equal rows do not dominate each other, so duplicates on the front are all on it; a row
-    with a null or NaN objective is never on it and dominates nothing.
-
-    `objectives`: Objective models, (column, mode) pairs, or a {column: mode} mapping.
-    """
-    pairs = _as_pairs(objectives)
-    if not pairs:
-        raise ValueError("pareto_front needs at least one objective")
-    missing = [c for c, _ in pairs if c not in df.columns]
-    if missing:
-        raise ValueError(f"pareto_front: no column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
-    # Every objective as "smaller is better"; nulls become NaN.
-    costs = np.column_stack([
-        df[c].cast(pl.Float64).fill_null(math.nan).to_numpy() * (-1.0 if mode == "max" else 1.0)
-        for c, mode in pairs
-    ]) if df.height else np.empty((0, len(pairs)))
-    valid = ~np.isnan(costs).any(axis=1)
-    on_front = valid.copy()
-    candidates = costs[valid]
-    for i in np.flatnonzero(valid):
-        row = costs[i]
-        dominated = (candidates <= row).all(axis=1) & (candidates < row).any(axis=1)
-        on_front[i] = not dominated.any()
-    return pl.Series("on_pareto_front", on_front, dtype=pl.Boolean)

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from orchestrator import analysis
+from orchestrator import claims, figures, paper, results
 from orchestrator.store import TABLES
 from sparsity_core.config import TrialConfig, alias_paths
 from sparsity_core.lowgrad import simulate_low_gradient
@@ -18,7 +18,7 @@ LAYERS = {"C1": 64, "C2": 128, "C3": 128, "C4": 256, "C5": 256, "C6": 512, "C7":
 
 def trial_row(status: str = "ok", **settings: Any) -> dict[str, Any]:
     """A trials-table row of a real TrialConfig (its settings under their aliases)."""
-    metrics = {k: settings.pop(k) for k in list(settings) if k in analysis.METRICS}
+    metrics = {k: settings.pop(k) for k in list(settings) if k in results.METRICS}
     seed = settings.pop("seed", 0)
     sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
     for alias, value in settings.items():
@@ -26,7 +26,7 @@ def trial_row(status: str = "ok", **settings: Any) -> dict[str, Any]:
         sections[section][leaf] = value
     cfg = TrialConfig.model_validate({**sections, "seed": seed})
     return {"trial_id": cfg.trial_id, "sweep": "t", "status": status, **cfg.flat(), "epochs_run": 2,
-            **{m: None for m in analysis.METRICS}, **metrics, "code_version": "v1",
+            **{m: None for m in results.METRICS}, **metrics, "code_version": "v1",
             "config_json": cfg.model_dump_json()}
 
 
@@ -59,7 +59,7 @@ def two_configs() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_aggregate_means_std_and_layers(two_configs) -> None:
     trials, layers = two_configs
-    agg = analysis.aggregate(trials, layers)
+    agg = results.aggregate(trials, layers)
     assert agg.height == 2
     assert agg["config"].to_list() == ["optimizer=adam", "optimizer=sgd"]
     adam = agg.row(0, named=True)
@@ -77,7 +77,7 @@ def test_one_seed_has_null_std_and_layer_order_is_numeric() -> None:
     row = trial_row(optimizer="adam", reg="l2", strength=1e-3, test_err=5.0, model="vgg16")
     layers = [{"trial_id": row["trial_id"], "epoch": 1, "layer": f"C{i}", "n_filters": 10, "dead_gamma": i,
                "dead_act": None, "revived": None} for i in range(1, 14)]
-    agg = analysis.aggregate(frame([row], "trials"), frame(layers, "layers"))
+    agg = results.aggregate(frame([row], "trials"), frame(layers, "layers"))
     assert agg["test_err_std"].to_list() == [None]
     means = [c for c in agg.columns if c.startswith("C") and c.endswith("_mean")]
     assert means == [f"C{i}_mean" for i in range(1, 14)]
@@ -88,14 +88,14 @@ def test_one_seed_has_null_std_and_layer_order_is_numeric() -> None:
 def test_configurations_are_grouped_by_every_setting_but_seed() -> None:
     rows = [trial_row(optimizer="adam", reg="l2", strength=s, seed=seed, batch_size=b, test_err=1.0)
             for s in (1e-3, 1e-4) for b in (40, 80) for seed in (0, 1, 2)]
-    agg = analysis.aggregate(frame(rows, "trials"), frame([], "layers"))
+    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
     assert agg.height == 4 and set(agg["n_seeds"]) == {3}
-    assert analysis.varying_settings(agg) == ["strength", "batch_size"]
+    assert results.varying_settings(agg) == ["strength", "batch_size"]
     assert agg["config"][0] == "strength=0.0001 batch_size=40"
 
 
 def test_reference_tables_load_with_defaults() -> None:
-    ref = analysis.load_reference()
+    ref = paper.load_reference()
     assert ref.height == 8 + 8 + 5 + 18
     t3 = ref.filter(pl.col("source").str.starts_with("supp. Table 3"))
     assert set(t3["optimizer"]) == {"adam"} and set(t3["strength"]) == {1e-4} and set(t3["dataset"]) == {"cifar100"}
@@ -104,7 +104,7 @@ def test_reference_tables_load_with_defaults() -> None:
 
 def test_compare_with_paper_matches_and_diffs(two_configs) -> None:
     trials, layers = two_configs
-    agg = analysis.compare_with_paper(analysis.aggregate(trials, layers), analysis.load_reference())
+    agg = paper.compare_with_paper(results.aggregate(trials, layers), paper.load_reference())
     adam = agg.row(0, named=True)
     # digits/synthetic is no paper dataset: the CIFAR-10 table stands beside it
     assert adam["paper_source"] == "supp. Table 1 cifar10"
@@ -114,7 +114,7 @@ def test_compare_with_paper_matches_and_diffs(two_configs) -> None:
 
 
 def test_compare_with_paper_respects_dataset_and_extra_keys() -> None:
-    ref = analysis.load_reference()
+    ref = paper.load_reference()
     base = dict(optimizer="adam", reg="l2", strength=1e-4, dataset="cifar100", root="/data", test_err=30.0)
     rows = [
         trial_row(**base),
@@ -122,7 +122,7 @@ def test_compare_with_paper_respects_dataset_and_extra_keys() -> None:
         trial_row(**base, beta_init=1.0),
         trial_row(**{**base, "optimizer": "adadelta"}),
     ]
-    agg = analysis.compare_with_paper(analysis.aggregate(frame(rows, "trials"), frame([], "layers")), ref)
+    agg = paper.compare_with_paper(results.aggregate(frame(rows, "trials"), frame([], "layers")), ref)
     by_config = {r["config"]: r for r in agg.to_dicts()}
     sources = {k: v["paper_source"] for k, v in by_config.items()}
     assert sources == {
@@ -137,8 +137,8 @@ def test_compare_with_paper_respects_dataset_and_extra_keys() -> None:
 
 def test_no_match_leaves_the_table_alone() -> None:
     rows = [trial_row(optimizer="adadelta", reg="l2", strength=1e-3, test_err=1.0)]
-    agg = analysis.aggregate(frame(rows, "trials"), frame([], "layers"))
-    assert analysis.compare_with_paper(agg, analysis.load_reference()).columns == agg.columns
+    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
+    assert paper.compare_with_paper(agg, paper.load_reference()).columns == agg.columns
 
 
 # --- claims ----------------------------------------------------------------------------------------
@@ -147,11 +147,11 @@ def test_no_match_leaves_the_table_alone() -> None:
 def configs(specs: list[tuple[dict[str, Any], float]]) -> pl.DataFrame:
     """An aggregated frame from (settings, % dead by gamma) pairs."""
     rows = [trial_row(**settings, dead_gamma_pct=dead, test_err=10.0) for settings, dead in specs]
-    return analysis.aggregate(frame(rows, "trials"), frame([], "layers"))
+    return results.aggregate(frame(rows, "trials"), frame([], "layers"))
 
 
 def claim(number: int, agg: pl.DataFrame) -> tuple[str, str]:
-    return next(c.check for c in analysis.CLAIMS if c.number == number)(agg)
+    return next(c.check for c in claims.CLAIMS if c.number == number)(agg)
 
 
 def test_claim1_adaptive_vs_sgd() -> None:
@@ -221,12 +221,12 @@ def test_claims_4_5_6_8() -> None:
     assert status == "holds" and "beta_init" in evidence and "gamma_lr_scale" in evidence
     assert claim(8, agg)[0] == "not testable"
     pruned = trial_row(optimizer="adam", test_err=13.1, pruned_test_err=13.5, conv_params_pruned_pct=97.0)
-    status, evidence = claim(8, analysis.aggregate(frame([pruned], "trials"), frame([], "layers")))
+    status, evidence = claim(8, results.aggregate(frame([pruned], "trials"), frame([], "layers")))
     assert status == "holds" and "97%" in evidence
 
 
 def test_check_claims_lists_every_claim() -> None:
-    table = analysis.check_claims(configs([({"optimizer": "adam"}, 1.0)]))
+    table = claims.check_claims(configs([({"optimizer": "adam"}, 1.0)]))
     assert table["claim"].to_list() == list(range(1, 10))
     assert set(table["status"]) == {"not testable"}
 
@@ -235,31 +235,31 @@ def test_low_gradient_claim9_direction() -> None:
     """Adam, RMSProp and Adamax drive the scalar to ~0 far faster than SGD (supplement Fig. 3): at
     L2 1e-4 they settle within 4000 steps while SGD's scalar is still far from 0; at 1e-3, where SGD
     decays too, they are still sooner."""
-    sim = analysis.lowgrad_frame(simulate_low_gradient(
+    sim = figures.lowgrad_frame(simulate_low_gradient(
         strengths=(1e-3, 1e-4), optimizers=("sgd", "adam", "rmsprop", "adamax"), iterations=4000, record_every=20))
-    decay = {(r["optimizer"], r["strength"]): r["iters_to_zero"] for r in analysis.lowgrad_decay(sim).to_dicts()}
+    decay = {(r["optimizer"], r["strength"]): r["iters_to_zero"] for r in claims.lowgrad_decay(sim).to_dicts()}
     assert decay[("sgd", 1e-4)] is None  # SGD's scalar is still far from 0 after 4000 steps
     for optimizer in ("adam", "rmsprop", "adamax"):
         assert decay[(optimizer, 1e-4)] is not None and decay[(optimizer, 1e-4)] < 4000
         assert decay[(optimizer, 1e-3)] < decay[("sgd", 1e-3)]
-    status, evidence = analysis.claim9_low_gradient(sim)
+    status, evidence = claims.claim9_low_gradient(sim)
     assert status in ("holds", "fails") and "adam L2 0.0001" in evidence
 
 
 def test_lowgrad_decay_settles_only_when_it_stays() -> None:
     df = pl.DataFrame({"optimizer": ["x"] * 5, "strength": [1e-4] * 5, "iteration": [0, 1, 2, 3, 4],
                        "value": [1.0, 0.01, 0.2, 0.01, 0.0]})
-    assert analysis.lowgrad_decay(df)["iters_to_zero"].to_list() == [3]
+    assert claims.lowgrad_decay(df)["iters_to_zero"].to_list() == [3]
 
 
 # --- figure data -----------------------------------------------------------------------------------
 
 
 def test_pareto_points_and_layer_profile(two_configs) -> None:
-    agg = analysis.aggregate(*two_configs)
-    points = analysis.pareto_points(agg)
+    agg = results.aggregate(*two_configs)
+    points = results.pareto_points(agg)
     assert points["on_front"].to_list() == [True, False]  # adam: more dead filters and less error
-    profile = analysis.layer_profile(agg)
+    profile = figures.layer_profile(agg)
     assert profile.height == 2 * 7
     assert profile.filter((pl.col("config") == "optimizer=adam") & (pl.col("layer") == "C7"))["mean"].item() == 75.0
 
@@ -272,15 +272,48 @@ def test_gamma_beta_quantiles_and_universality(two_configs) -> None:
             for tid in ids for e in (1, 2) for layer in ("C1", "C4", "C7")
             for f, g in enumerate((0.0, 0.5, 1.0, 1.5, 2.0))]
     filters = frame(rows, "filters")
-    q = analysis.gamma_beta_quantiles(filters, trials)
+    q = figures.gamma_beta_quantiles(filters, trials)
     assert set(q["layer"]) == {"C1", "C7"}  # first and last by default
     one = q.filter((pl.col("config") == "optimizer=adam") & (pl.col("layer") == "C1")
                    & (pl.col("param") == "gamma") & (pl.col("epoch") == 2))
     # two seeds pooled: 0, 0, .5, .5, 1, 1, 1.5, 1.5, 2, 2
     assert one["q50"].item() == 1.0 and one["q25"].item() == pytest.approx(0.5) and one["q95"].item() == 2.0
-    assert set(analysis.gamma_beta_quantiles(filters, trials, ["C4"])["layer"]) == {"C4"}
-    hist = analysis.universality_histogram(filters, trials, bins=4)
+    assert set(figures.gamma_beta_quantiles(filters, trials, ["C4"])["layer"]) == {"C4"}
+    hist = figures.universality_histogram(filters, trials, bins=4)
     one = hist.filter((pl.col("config") == "optimizer=sgd") & (pl.col("layer") == "C7"))
     # universality 0, .25, .5, .75, 1.0 over 2 seeds -> bins [0,.25) x2, [.25,.5) x2, [.5,.75) x2, [.75,1] x4
     assert one["count"].to_list() == [2, 2, 2, 4]
     assert one["fraction"].sum() == pytest.approx(1.0)
+def _flags(df: pl.DataFrame, objectives: dict) -> list[bool]:
+    return results.pareto_front(df, objectives).to_list()
+
+
+def test_pareto_max_min_mix() -> None:
+    # sparsity up, error down: (50, 10) beats (40, 12); (80, 20) and (10, 5) trade off.
+    df = pl.DataFrame({"dead": [50.0, 40.0, 80.0, 10.0, 30.0], "err": [10.0, 12.0, 20.0, 5.0, 25.0]})
+    assert _flags(df, {"dead": "max", "err": "min"}) == [True, False, True, True, False]
+
+
+def test_pareto_both_min_and_mapping_form() -> None:
+    df = pl.DataFrame({"a": [1.0, 2.0, 3.0, 2.0], "b": [3.0, 2.0, 1.0, 3.0]})
+    assert _flags(df, {"a": "min", "b": "min"}) == [True, True, True, False]
+
+
+def test_pareto_duplicates_all_on_front() -> None:
+    df = pl.DataFrame({"dead": [60.0, 60.0, 30.0], "err": [10.0, 10.0, 10.0]})
+    assert _flags(df, {"dead": "max", "err": "min"}) == [True, True, False]
+
+
+def test_pareto_nan_and_null_never_on_front_and_dominate_nothing() -> None:
+    df = pl.DataFrame({"dead": [90.0, math.nan, None, 20.0], "err": [1.0, 0.0, 0.0, 30.0]})
+    # rows 1 and 2 would dominate everything if their missing sparsity were ignored
+    assert _flags(df, {"dead": "max", "err": "min"}) == [True, False, False, False]
+
+
+def test_pareto_empty_frame_and_missing_column() -> None:
+    empty = pl.DataFrame(schema={"a": pl.Float64, "b": pl.Float64})
+    assert _flags(empty, {"a": "min", "b": "max"}) == []
+    with pytest.raises(ValueError, match="no column"):
+        results.pareto_front(empty, {"c": "min"})
+
+

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import analysis, report
+from orchestrator import report, results
 from orchestrator.store import TABLES, ResultStore
 from sparsity_core.config import TrialConfig
 
@@ -176,10 +176,10 @@ def test_results_written_before_a_setting_existed_still_group(tmp_path: Path) ->
     old_schema = pa.schema([f for f in TABLES["trials"] if f.name != "remedy"])
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[1].items() if k != "remedy"}], schema=old_schema),
                    f"{store.path}/trials/{rows[1]['trial_id']}.parquet")
-    results = analysis.load_results(store.path)
-    assert results.trials["remedy"].to_list() == ["none", "none"]
-    assert results.filters.is_empty() and results.filters.columns == TABLES["filters"].names
-    agg = analysis.aggregate(results.trials, results.layers)
+    tables = results.load_results(store.path)
+    assert tables.trials["remedy"].to_list() == ["none", "none"]
+    assert tables.filters.is_empty() and tables.filters.columns == TABLES["filters"].names
+    agg = results.aggregate(tables.trials, tables.layers)
     assert agg.height == 1 and agg["n_seeds"].item() == 2
 
 

@@ -6,60 +6,18 @@ import math
 import os
 
 import optuna
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from orchestrator.search import (
     Categorical,
     LogUniform,
-    Objective,
     OptunaSpec,
     default_storage,
     make_searcher,
     open_storage,
-    pareto_front,
     trials_left,
 )
-
-
-def _flags(df: pl.DataFrame, objectives) -> list[bool]:
-    return pareto_front(df, objectives).to_list()
-
-
-def test_pareto_max_min_mix() -> None:
-    # sparsity up, error down: (50, 10) beats (40, 12); (80, 20) and (10, 5) trade off.
-    df = pl.DataFrame({"dead": [50.0, 40.0, 80.0, 10.0, 30.0], "err": [10.0, 12.0, 20.0, 5.0, 25.0]})
-    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, False, True, True, False]
-
-
-def test_pareto_both_min_and_mapping_form() -> None:
-    df = pl.DataFrame({"a": [1.0, 2.0, 3.0, 2.0], "b": [3.0, 2.0, 1.0, 3.0]})
-    assert _flags(df, {"a": "min", "b": "min"}) == [True, True, True, False]
-
-
-def test_pareto_duplicates_all_on_front() -> None:
-    df = pl.DataFrame({"dead": [60.0, 60.0, 30.0], "err": [10.0, 10.0, 10.0]})
-    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, True, False]
-
-
-def test_pareto_nan_and_null_never_on_front_and_dominate_nothing() -> None:
-    df = pl.DataFrame({"dead": [90.0, math.nan, None, 20.0], "err": [1.0, 0.0, 0.0, 30.0]})
-    # rows 1 and 2 would dominate everything if their missing sparsity were ignored
-    assert _flags(df, [("dead", "max"), ("err", "min")]) == [True, False, False, False]
-
-
-def test_pareto_accepts_objective_models() -> None:
-    df = pl.DataFrame({"dead_gamma_pct": [10.0, 20.0], "test_err": [5.0, 5.0]})
-    objectives = [Objective(metric="dead_gamma_pct", mode="max"), Objective(metric="test_err", mode="min")]
-    assert _flags(df, objectives) == [False, True]
-
-
-def test_pareto_empty_frame_and_missing_column() -> None:
-    empty = pl.DataFrame(schema={"a": pl.Float64, "b": pl.Float64})
-    assert _flags(empty, [("a", "min"), ("b", "max")]) == []
-    with pytest.raises(ValueError, match="no column"):
-        pareto_front(empty, [("c", "min")])
 
 
 def test_spec_parses_every_param_type_and_defaults() -> None:
