@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
+import subprocess
+import sys
 
 import numpy as np
 import optuna
@@ -52,8 +53,8 @@ def test_ranks_agree_with_optuna_and_front_with_pareto_front() -> None:
     assert non_dominated_ranks(costs).tolist() == _fast_non_domination_rank(costs).tolist()
     costs[[3, 17], 1] = math.nan
     frame = pl.DataFrame(costs, schema=["a", "b", "c"])
-    valid = ~np.isnan(costs).any(axis=1)
-    assert ((non_dominated_ranks(costs) == 0) & valid).tolist() == pareto_front(frame, {c: "min" for c in "abc"}).to_list()
+    front = (non_dominated_ranks(costs) == 0) & ~np.isnan(costs).any(axis=1)
+    assert front.tolist() == pareto_front(frame, {c: "min" for c in "abc"}).to_list()
 
 
 def test_crowding_breaks_ties_within_a_front() -> None:
@@ -73,6 +74,11 @@ def test_points_tied_at_the_cut_all_survive_and_one_always_does() -> None:
     assert survivors(same, 0.25).tolist() == [True] * 4
     assert survivors(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), 0.01).tolist() == [True, False, False]
     assert survivors(np.empty((0, 2)), 0.5).tolist() == []
+
+
+def test_the_replay_side_imports_no_ray() -> None:
+    code = "import sys, orchestrator.early_stopping; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -152,6 +158,15 @@ def test_scheduler_stops_a_dominated_trial_at_its_rung_only() -> None:
     assert not scheduler.set_search_properties("test_err", "min")
 
 
+def test_trials_of_an_earlier_run_count_at_a_rung() -> None:
+    # A resumed sweep remembers its finished trials' rung values: the first new arrival is judged.
+    scheduler = _scheduler()
+    for key, (dead, err) in {"old-a": (50.0, 10.0), "old-b": (10.0, 5.0)}.items():
+        assert scheduler.judge.record(key, 2, {"dead_gamma_pct": dead, "test_err": err})
+    assert not scheduler.judge.record("old-a", 2, {"dead_gamma_pct": 0.0, "test_err": 0.0})
+    assert _report(scheduler, Trial("__fake", stub=True), 2, 5.0, 30.0) == TrialScheduler.STOP
+
+
 def test_scheduler_says_which_objective_a_report_lacks() -> None:
     scheduler = _scheduler()
     trial = Trial("__fake", stub=True)
@@ -162,16 +177,6 @@ def test_scheduler_says_which_objective_a_report_lacks() -> None:
 # --- the scheduler in real Tune runs ------------------------------------------------------------
 
 EPOCHS = 6
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    import ray
-
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _planted_trainable():
