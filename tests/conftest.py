@@ -25,3 +25,13 @@ def tiny_config(**train):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded Ray with 2 CPUs for one test module (started only by tests that ask for it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

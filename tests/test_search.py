@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import optuna
 import pytest
@@ -77,16 +76,6 @@ def test_directions_of_an_existing_study_are_checked(tmp_path) -> None:
 
 
 # --- a real Ray Tune run on a real SQLite study -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _make_trainable():
