@@ -8,18 +8,18 @@ except the seed; its `config` label names the settings that vary across the swee
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from sparsity_core.config import TrialConfig, alias_paths
 
+from .pareto import Mode, non_dominated_ranks, to_costs
 from .store import TABLES
 
 __all__ = [
@@ -167,9 +167,6 @@ def aggregate(trials: pl.DataFrame, layers: pl.DataFrame) -> pl.DataFrame:
 
 # --- the Pareto front ------------------------------------------------------------------------------
 
-Mode = Literal["min", "max"]
-
-
 def pareto_front(df: pl.DataFrame, objectives: Mapping[str, Mode]) -> pl.Series:
     """Per row, whether no other row dominates it (at least as good in every objective, better in
     one). Equal rows do not dominate each other, so duplicates on the front are all on it; a row
@@ -177,24 +174,14 @@ def pareto_front(df: pl.DataFrame, objectives: Mapping[str, Mode]) -> pl.Series:
 
     `objectives`: {column: "max" | "min"}.
     """
-    pairs = list(objectives.items())
-    if not pairs:
+    if not objectives:
         raise ValueError("pareto_front needs at least one objective")
-    missing = [c for c, _ in pairs if c not in df.columns]
+    missing = [c for c in objectives if c not in df.columns]
     if missing:
         raise ValueError(f"pareto_front: no column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
-    # Every objective as "smaller is better"; nulls become NaN.
-    costs = np.column_stack([
-        df[c].cast(pl.Float64).fill_null(math.nan).to_numpy() * (-1.0 if mode == "max" else 1.0)
-        for c, mode in pairs
-    ]) if df.height else np.empty((0, len(pairs)))
-    valid = ~np.isnan(costs).any(axis=1)
-    on_front = valid.copy()
-    candidates = costs[valid]
-    for i in np.flatnonzero(valid):
-        row = costs[i]
-        dominated = (candidates <= row).all(axis=1) & (candidates < row).any(axis=1)
-        on_front[i] = not dominated.any()
+    values = df.select(pl.col(c).cast(pl.Float64) for c in objectives).to_numpy()
+    costs = to_costs(values, list(objectives.values()))
+    on_front = (non_dominated_ranks(costs) == 0) & ~np.isnan(costs).any(axis=1)
     return pl.Series("on_pareto_front", on_front, dtype=pl.Boolean)
 
 

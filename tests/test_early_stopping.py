@@ -21,7 +21,8 @@ from scipy import stats
 from orchestrator.early_stopping import EarlyStopping, replay
 from orchestrator.pareto import crowding_distance, non_dominated_ranks, survivors, to_costs
 from orchestrator.scheduler import MultiObjectiveASHA
-from orchestrator.search import Objective, OptunaSpec, default_storage, make_searcher, pareto_front
+from orchestrator.results import pareto_front
+from orchestrator.search import Objective, OptunaSpec, default_storage, make_searcher
 
 SPARSE = [("dead_gamma_pct", "max"), ("test_err", "min")]
 
