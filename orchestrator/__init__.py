@@ -3,7 +3,7 @@
 Depends on `sparsity_core`, never the reverse. Importing it starts nothing (no `ray.init`).
 """
 
-from .spec import SpecError, SweepSpec, expand, load_spec
+from .spec import SpecError, Sweep, SweepSpec, load_spec
 from .store import ResultStore
 
-__all__ = ["SpecError", "SweepSpec", "expand", "load_spec", "ResultStore"]
+__all__ = ["SpecError", "Sweep", "SweepSpec", "load_spec", "ResultStore"]
