@@ -2,7 +2,7 @@
 
 The trials are tiny on purpose (synthetic data, BasicNet width 1/8, one epoch of one step:
 batch size = n_train), so their time is almost all fixed cost. The same 16 `TrialConfig`s (from
-a sweep file written to a temporary folder, through `load_spec` and `expand`) run twice:
+a sweep file written to a temporary folder, through `load_spec`) run twice:
 - plain: `sparsity_core.train.train` in this process, one after the other, at one torch thread
   (what a Tune trial with `resources.cpu: 1` gets), after one untimed warm-up trial;
 - orchestrated: `orchestrator.runner.run_sweep` on a real local Ray (`connect(None)`), results in
@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from orchestrator.runner import connect, run_sweep
-from orchestrator.spec import SweepSpec, expand, load_spec
+from orchestrator.spec import Sweep, load_spec
 from orchestrator.store import ResultStore
 from sparsity_core import TrialConfig, train
 
@@ -69,21 +69,21 @@ def plain_loop(trials: list[TrialConfig]) -> float:
     return time.perf_counter() - start
 
 
-def orchestrated(spec: SweepSpec, trials: list[TrialConfig], results: Path) -> float:
+def orchestrated(sweep: Sweep, results: Path) -> float:
     """Seconds for `run_sweep` to run every trial on the already started Ray."""
-    store = ResultStore(str(results), spec.name)
+    store = ResultStore(str(results), sweep.spec.name)
     start = time.perf_counter()
-    summary = run_sweep(spec, trials, store)
+    summary = run_sweep(sweep, store)
     seconds = time.perf_counter() - start
-    if set(summary.statuses.values()) != {"ok"} or len(summary.statuses) != len(trials):
+    if set(summary.statuses.values()) != {"ok"} or len(summary.statuses) != len(sweep.trials):
         raise RuntimeError(f"orchestrated trials did not all finish ok: {summary.statuses}")
     return seconds
 
 
 @contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to stderr: run_sweep's progress lines and Ray's worker logs are
-    printed to the stdout the process started with, which must carry only the JSON."""
+    """Send file descriptor 1 to stderr: Ray's worker logs are printed to the stdout the process
+    started with, which must carry only the JSON."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
@@ -104,14 +104,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp, stdout_to_stderr():
-        spec = load_spec(sweep_file(Path(tmp), args.trials, args.max_concurrent))
-        trials = expand(spec)
+        sweep = load_spec(sweep_file(Path(tmp), args.trials, args.max_concurrent))
+        spec, trials = sweep.spec, list(sweep.trials)
         plain_s = plain_loop(trials)
         start = time.perf_counter()
         connect(None)
         startup_s = time.perf_counter() - start
         cpus = int(ray.cluster_resources()["CPU"])
-        orchestrated_s = orchestrated(spec, trials, Path(tmp) / "results")
+        orchestrated_s = orchestrated(sweep, Path(tmp) / "results")
         ray.shutdown()
     concurrent = min(args.max_concurrent or cpus, cpus // int(spec.resources.cpu))
     result = {

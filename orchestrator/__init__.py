@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["SpecError", "SweepSpec", "expand", "load_spec", "ResultStore"]
+__all__ = ["SpecError", "SweepSpec", "Sweep", "load_spec", "ResultStore"]
 
-_HOMES = {"SpecError": "spec", "SweepSpec": "spec", "expand": "spec", "load_spec": "spec", "ResultStore": "store"}
+_HOMES = {"SpecError": "spec", "SweepSpec": "spec", "Sweep": "spec", "load_spec": "spec", "ResultStore": "store"}
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the public names, imported on first use

@@ -20,7 +20,7 @@ import polars as pl
 from sparsity_core.config import TrialConfig, alias_paths
 
 from .pareto import Mode, non_dominated_ranks, to_costs
-from .store import TABLES
+from .store import TABLES, TRIAL_METRICS
 
 __all__ = [
     "Results",
@@ -45,9 +45,7 @@ __all__ = [
 _LEAD = ("optimizer", "reg", "strength")
 CONFIG_COLUMNS: list[str] = [*_LEAD, *(a for a in alias_paths() if a not in (*_LEAD, "seed"))]
 # Per-trial results averaged over seeds (besides the per-layer C1..Cn columns).
-METRICS = ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct",
-           "conv_params_pruned_pct", "pruned_test_err", "flops_pruned_pct", "pruned_speedup",
-           "l1norm_pruned_test_err", "slim_pruned_test_err")
+METRICS = TRIAL_METRICS
 _LAYER = re.compile(r"^C(\d+)$")
 
 

@@ -8,6 +8,7 @@ are skipped. Exit codes: 0 all trials ok or diverged, 1 some failed, 2 bad input
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.guard import GuardError, SweepLock, check_reachable, check_writable  # noqa: E402
-from orchestrator.spec import SpecError, expand, load_spec  # noqa: E402
+from orchestrator.spec import SpecError, load_spec  # noqa: E402
 from sparsity_core.data import DatasetError, check_dataset  # noqa: E402
 
 __all__ = ["main"]
@@ -35,16 +36,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _progress_to_stdout() -> None:
+    """The orchestrator's progress lines (logged at INFO) go to stdout as they are, one per line."""
+    logger = logging.getLogger("orchestrator")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        spec = load_spec(args.sweep, args.overrides)
-        trials = expand(spec, args.sweep)
-        for dataset in {t.dataset for t in trials}:
+        sweep = load_spec(args.sweep, args.overrides)
+        for dataset in {t.dataset for t in sweep.trials}:
             check_dataset(dataset)
     except (SpecError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    spec, trials = sweep.spec, sweep.trials
 
     if args.dry_run:
         from orchestrator.runner import describe
@@ -67,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(store)
         with SweepLock(store):
             connect(args.address)
-            summary = run_sweep(spec, trials, store, force=args.force, tune_progress=args.tune_progress)
+            _progress_to_stdout()
+            summary = run_sweep(sweep, store, force=args.force, tune_progress=args.tune_progress)
     except GuardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

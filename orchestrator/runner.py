@@ -1,71 +1,69 @@
 """Run a sweep's trials as Ray Tune trials; the driver alone writes the Parquet store.
 
 Workers call `sparsity_core.train` and `ray.tune.report` once per epoch (with a Tune checkpoint every
-`checkpoint_every` epochs). `StoreCallback`, on the driver, turns those reports into Parquet rows,
-so workers never need the results filesystem.
+`checkpoint_every` epochs). On the driver, `StoreCallback` hands those reports to the store's
+`SweepWriter`, so workers never need the results filesystem. Progress lines go to the logger
+`orchestrator.runner` (the CLI prints them); importing this module starts and sets nothing.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime as dt
 import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Tune's automatic CSV/JSON/TensorBoard loggers grow the driver's memory; we write Parquet ourselves.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-# The legacy console output honours verbose=0; our ProgressCallback prints the progress lines.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+import polars as pl
+import pyarrow.fs as pafs
+import ray
+import torch
+from ray import tune
 
-import polars as pl  # noqa: E402
-import pyarrow.fs as pafs  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
-from ray import tune  # noqa: E402
+from sparsity_core import TrialConfig, train
+from sparsity_core.config import alias_paths
 
-from sparsity_core import TrialConfig, train  # noqa: E402
-from sparsity_core.config import alias_paths, set_path  # noqa: E402
-
-from .results import pareto_front  # noqa: E402
-from .search import default_storage, make_searcher, trials_left  # noqa: E402
-from .spec import SweepSpec, varying_settings  # noqa: E402
-from .store import FINISHED, ResultStore  # noqa: E402
-from .version import code_version  # noqa: E402
+from .results import pareto_front
+from .search import default_storage, make_searcher, trials_left
+from .spec import Sweep, trial_config, varying_settings
+from .store import FINISHED, ResultStore, SweepWriter
+from .version import code_version
 
 __all__ = ["SweepSummary", "run_sweep", "connect", "describe", "StoreCallback", "trial_configs", "pack_trials",
            "resumable_checkpoints", "mark_pareto_front"]
 
+_log = logging.getLogger(__name__)
+
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
 ID_KEY = "sweep_trial_id"  # our trial id in a report; Tune overwrites `trial_id` with its own
-FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
-PRUNED_COLUMNS = ("pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup",
-                  "l1norm_pruned_test_err", "slim_pruned_test_err")
-FINAL_COLUMNS = ("train_loss", "test_loss", "test_err", "dead_gamma_pct", "dead_act_pct")
-EPOCH_COLUMNS = ("epoch", "lr", *FINAL_COLUMNS)
-# The per-epoch tables and the columns that identify one of their rows within a trial.
-ROW_KEYS = {"epochs": ("epoch",), "layers": ("epoch", "layer"), "filters": ("epoch", "layer", "filter")}
+# Set for Tune when a sweep starts: its automatic CSV/JSON/TensorBoard loggers grow the driver's
+# memory (we write Parquet ourselves), and only its legacy console output honours verbose=0 (our
+# ProgressCallback logs the progress lines).
+_TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+def _sampled(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(path, value) of each value a searcher sampled into a Tune trial's config (its top-level keys
+    named by a setting's alias)."""
+    return [(path, config[alias]) for alias, path in alias_paths().items() if alias in config]
 
 
 def trial_configs(config: dict[str, Any]) -> list[TrialConfig]:
-    """The TrialConfigs of a Tune trial: one, or a pack of them (`pack:` in the sweep). Values a
-    searcher sampled (top-level keys named by a setting's alias) are written into each."""
-    configs = []
-    for base in config["trials"]:
-        settings = copy.deepcopy(base)
-        for alias, path in alias_paths().items():
-            if alias in config:
-                set_path(settings, path, config[alias])
-        configs.append(TrialConfig.model_validate(settings))
-    return configs
+    """The TrialConfigs of a Tune trial's config, validated: one, or a pack of them (`pack:` in the
+    sweep), each with the values a searcher sampled."""
+    return [trial_config(member["settings"], _sampled(config)) for member in config["trials"]]
+
+
+def _member(cfg: TrialConfig) -> dict[str, Any]:
+    """A trial as a Tune config carries it: its settings as plain data for the worker, and its id,
+    by which the driver finds the TrialConfig it expanded."""
+    return {"id": cfg.trial_id, "settings": cfg.model_dump(mode="json")}
 
 
 def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) -> None:
@@ -144,100 +142,49 @@ def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
     return {trial_id: folder for trial_id, (_, folder) in best.items()}
 
 
-@dataclass
-class _Running:
-    cfg: TrialConfig
-    # table -> row key (epoch first, see ROW_KEYS) -> row
-    rows: dict[str, dict[tuple, dict[str, Any]]] = field(default_factory=lambda: {t: {} for t in ROW_KEYS})
-    last: dict[str, Any] | None = None
-    flushed_at: float = 0.0
-    loaded: bool = False
+class _Configs:
+    """The driver's TrialConfigs of each Tune trial, by member id. A grid's are the ones it expanded,
+    found by id; a searcher's, sampled into the base, are validated once, on first sight."""
+
+    def __init__(self, expanded: Iterable[TrialConfig]):
+        self.expanded = {t.trial_id: t for t in expanded}
+        self.by_tune_trial: dict[str, dict[str, TrialConfig]] = {}
+
+    def of(self, trial) -> dict[str, TrialConfig]:
+        if trial.trial_id not in self.by_tune_trial:
+            configs = (trial_configs(trial.config) if _sampled(trial.config)
+                       else [self.expanded[m["id"]] for m in trial.config["trials"]])
+            self.by_tune_trial[trial.trial_id] = {c.trial_id: c for c in configs}
+        return self.by_tune_trial[trial.trial_id]
+
+    def name(self, trial) -> str:
+        """A Tune trial's name and folder: its (first member's) trial id."""
+        ids = list(self.of(trial))
+        return ids[0] + (f"-pack{len(ids)}" if len(ids) > 1 else "")
 
 
 class StoreCallback(tune.Callback):
-    """Driver-side writer: epoch/layer/filter rows as results arrive, the trial row at the end.
+    """Hands each Tune trial's reports, and its end, to the store's writer. A packed Tune trial's
+    members each get their own rows (a report names its member by ID_KEY)."""
 
-    Rows are keyed by trial id and epoch, so a trial that restarts (a retry, or a resume from its
-    checkpoint) replaces what it reports again instead of duplicating it, and the members of a
-    packed Tune trial each get their own files.
-    """
-
-    def __init__(self, store: ResultStore, version: str):
-        self.store = store
-        self.version = version
-        self.running: dict[str, _Running] = {}
-        self.statuses: dict[str, str] = {}
-        self.members: dict[str, dict[str, TrialConfig]] = {}  # Tune trial -> its trial configs by id
-
-    def _configs(self, trial) -> dict[str, TrialConfig]:
-        if trial.trial_id not in self.members:
-            self.members[trial.trial_id] = {c.trial_id: c for c in trial_configs(trial.config)}
-        return self.members[trial.trial_id]
+    def __init__(self, writer: SweepWriter, configs: _Configs):
+        self.writer = writer
+        self.configs = configs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = result[ID_KEY]
-        run = self.running.setdefault(tid, _Running(self._configs(trial)[tid]))
-        epoch = int(result["epoch"])
-        if not run.loaded:  # keep the rows of epochs finished before a resume from a checkpoint
-            for table, key in ROW_KEYS.items():
-                for row in self.store.read(table, tid):
-                    if row["epoch"] < epoch:
-                        run.rows[table][tuple(row[k] for k in key)] = row
-            run.loaded = True
-        new_rows = {
-            "epochs": [{k: result[k] for k in EPOCH_COLUMNS}],
-            "layers": result["layers"],
-            "filters": result["filters"] or [],
-        }
-        for table, key in ROW_KEYS.items():
-            rows = run.rows[table]
-            for stale in [k for k in rows if k[0] >= epoch]:  # a restart reports these again
-                del rows[stale]
-            for row in new_rows[table]:
-                row = {"trial_id": tid, **row, "epoch": epoch}
-                rows[tuple(row[k] for k in key)] = row
-        run.last = result
-        # Flushing at each checkpoint keeps the rows of every checkpointed epoch on disk.
-        if result.get("checkpointed") or time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
-            self._flush(run)
-
-    def _flush(self, run: _Running) -> None:
-        for table, rows in run.rows.items():
-            if rows:
-                self.store.write(table, run.cfg.trial_id, [rows[k] for k in sorted(rows)])
-        run.flushed_at = time.monotonic()
-
-    def _finish(self, trial, failure: str | None = None) -> None:
-        configs = list(self._configs(trial).values())
-        del self.members[trial.trial_id]
-        for cfg in configs:
-            run = self.running.pop(cfg.trial_id, None) or _Running(cfg)
-            self._flush(run)
-            last = run.last or {}
-            status = "failed" if failure is not None else "diverged" if last.get("diverged") else "ok"
-            self.store.write("trials", cfg.trial_id, [{
-                "trial_id": cfg.trial_id,
-                "sweep": self.store.sweep,
-                "status": status,
-                **cfg.flat(),
-                "epochs_run": last.get("epoch", 0),
-                **{k: last.get(k) for k in (*FINAL_COLUMNS, *PRUNED_COLUMNS)},
-                "wall_time_s": last.get("time_total_s"),
-                "code_version": self.version,
-                "error": failure or "",
-                "finished_at": dt.datetime.now(dt.timezone.utc),
-                "config_json": cfg.model_dump_json(),
-            }])
-            self.statuses[cfg.trial_id] = status
+        cfg = self.configs.of(trial)[result[ID_KEY]]
+        self.writer.add(cfg, result, wall_time_s=result.get("time_total_s"), flush=bool(result.get("checkpointed")))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial)
+        for cfg in self.configs.of(trial).values():
+            self.writer.finish(cfg)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Tune writes the traceback to the trial's local folder first and syncs it to storage later.
         local = Path(trial.error_file) if trial.error_file else None
         text = local.read_text() if local is not None and local.is_file() else trial.get_error()
-        self._finish(trial, _last_line(str(text or "the trial raised")))
+        for cfg in self.configs.of(trial).values():
+            self.writer.finish(cfg, _last_line(str(text or "the trial raised")))
 
 
 def _last_line(text: str) -> str:
@@ -248,28 +195,26 @@ def _last_line(text: str) -> str:
 class ProgressCallback(tune.Callback):
     """One line per finished trial and every `every_s` seconds: done / running / pending, ETA."""
 
-    def __init__(self, total: int, statuses: dict[str, str], every_s: float = 30.0, stream=sys.stdout):
+    def __init__(self, total: int, statuses: dict[str, str], every_s: float = 30.0):
         self.total = total
         self.statuses = statuses
         self.every_s = every_s
-        self.stream = stream
         self.start = time.monotonic()
-        self.printed_at = 0.0
+        self.logged_at = 0.0
         self.reported = 0
 
     def on_step_end(self, iteration, trials, **info):
         done = len(self.statuses)
         now = time.monotonic()
-        if done == self.reported and now - self.printed_at < self.every_s:
+        if done == self.reported and now - self.logged_at < self.every_s:
             return
-        self.reported, self.printed_at = done, now
+        self.reported, self.logged_at = done, now
         running = sum(len(t.config["trials"]) for t in trials if t.status == "RUNNING")
         elapsed = now - self.start
         eta = f"~{_duration(elapsed / done * (self.total - done))}" if done else "unknown"
         counts = ", ".join(f"{n} {s}" for s, n in status_counts(self.statuses).items() if n)
-        print(f"[{_duration(elapsed)}] {done}/{self.total} done{f' ({counts})' if counts else ''}, "
-              f"{running} running, {self.total - done - running} pending, time left {eta}",
-              file=self.stream, flush=True)
+        _log.info(f"[{_duration(elapsed)}] {done}/{self.total} done{f' ({counts})' if counts else ''}, "
+                  f"{running} running, {self.total - done - running} pending, time left {eta}")
 
 
 def status_counts(statuses: dict[str, str]) -> dict[str, int]:
@@ -308,68 +253,94 @@ def connect(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
 
 
-def run_sweep(
-    spec: SweepSpec,
-    trials: list[TrialConfig],
-    store: ResultStore,
-    *,
-    force: bool = False,
-    tune_progress: bool = False,
-) -> SweepSummary:
-    """Run a grid sweep's trials that have no finished result yet (all of them with `force`), or
-    the rest of an Optuna search (`spec.optuna`, from the single base trial in `trials`)."""
+@dataclass(frozen=True)
+class _Plan:
+    """What one mode of sweep (a grid, or an Optuna search) asks of Tune and says about it."""
+
+    total: int  # trials the sweep holds
+    todo: int  # trials this run finishes
+    lines: tuple[str, ...]  # logged before it starts
+    members: Any  # param_space["trials"]: the `_member`s of each Tune trial
+    num_samples: int
+    search: dict[str, Any]  # TuneConfig's search_alg, if any
+    resume: Callable[[dict[str, str]], dict[str, str]]  # the earlier run's checkpoints -> those to use
+    finish: Callable[[], None]  # after the last trial
+
+
+def _grid_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
+    """The trials without a finished result (all of them with `force`), packed as `pack:` asks."""
+    spec, trials = sweep.spec, sweep.trials
     finished = {t: s for t, s in store.finished().items() if s in FINISHED}
-    if spec.optuna is None:
-        todo = [t for t in trials if force or t.trial_id not in finished]
-        skipped = len(trials) - len(todo)
-        print(f"sweep {spec.name!r}: {len(trials)} trials, {skipped} already finished, {len(todo)} to run "
-              f"(varying: {', '.join(varying_settings(trials)) or 'nothing'}); results in {store.uri}", flush=True)
-        planned = len(todo)
-        packs = pack_trials(todo, spec.pack)
-        if spec.pack > 1:
-            print(f"{len(todo)} trials packed into {len(packs)} packed models", flush=True)
-        trial_space = tune.grid_search([[t.model_dump(mode="json") for t in pack] for pack in packs])
-        search = {}
-    else:
-        storage = spec.optuna.storage or default_storage(str(Path(store.path).parent), spec.name)
-        planned = trials_left(spec.optuna, spec.name, storage)
-        skipped = spec.optuna.n_trials - planned
-        print(f"search {spec.name!r}: {spec.optuna.n_trials} trials, {skipped} already finished, {planned} to run "
-              f"(searching: {', '.join(spec.optuna.space)}); study in {storage}; results in {store.uri}", flush=True)
-        trial_space = [trials[0].model_dump(mode="json")]
-        search = {"search_alg": make_searcher(spec.optuna, spec.name, storage)}
-    if not planned:
-        return SweepSummary(skipped + planned, skipped, {})
+    todo = [t for t in trials if force or t.trial_id not in finished]
+    packs = pack_trials(todo, spec.pack)
+    lines = [f"sweep {spec.name!r}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
+             f"{len(todo)} to run (varying: {', '.join(varying_settings(trials)) or 'nothing'}); "
+             f"results in {store.uri}"]
+    if spec.pack > 1:
+        lines.append(f"{len(todo)} trials packed into {len(packs)} packed models")
+    todo_ids = {t.trial_id for t in todo}
+
+    def resume(checkpoints: dict[str, str]) -> dict[str, str]:
+        kept = {trial_id: path for trial_id, path in checkpoints.items() if trial_id in todo_ids}
+        if kept:
+            _log.info(f"{len(kept)} unfinished trials continue from their last checkpoint")
+        return kept
+
+    return _Plan(len(trials), len(todo), tuple(lines), tune.grid_search([[_member(t) for t in p] for p in packs]),
+                 num_samples=1, search={}, resume=resume, finish=lambda: None)
+
+
+def _search_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
+    """The rest of an Optuna search from the sweep's one base trial; a sampled config that equals an
+    interrupted trial's continues from its checkpoint."""
+    spec, optuna = sweep.spec, sweep.spec.optuna
+    storage = optuna.storage or default_storage(str(Path(store.path).parent), spec.name)
+    todo = trials_left(optuna, spec.name, storage)
+    line = (f"search {spec.name!r}: {optuna.n_trials} trials, {optuna.n_trials - todo} already finished, "
+            f"{todo} to run (searching: {', '.join(optuna.space)}); study in {storage}; results in {store.uri}")
+    return _Plan(optuna.n_trials, todo, (line,), [_member(sweep.trials[0])], num_samples=todo,
+                 search={"search_alg": make_searcher(optuna, spec.name, storage)},
+                 resume=lambda checkpoints: checkpoints, finish=lambda: mark_pareto_front(store, optuna.objectives))
+
+
+def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_progress: bool = False) -> SweepSummary:
+    """Run a grid sweep's trials that have no finished result yet (all of them with `force`), or
+    the rest of an Optuna search (`optuna:` in the spec, from the sweep's one base trial)."""
+    spec = sweep.spec
+    plan = (_grid_plan if spec.optuna is None else _search_plan)(sweep, store, force)
+    for line in plan.lines:
+        _log.info(line)
+    skipped = plan.total - plan.todo
+    if not plan.todo:
+        return SweepSummary(plan.total, skipped, {})
 
     store.remove_temporaries()
-    resume_from = {} if force else resumable_checkpoints(store)
-    if spec.optuna is None:
-        todo_ids = {t.trial_id for t in todo}
-        resume_from = {trial_id: path for trial_id, path in resume_from.items() if trial_id in todo_ids}
-        if resume_from:
-            print(f"{len(resume_from)} unfinished trials continue from their last checkpoint", flush=True)
-    writer = StoreCallback(store, code_version())
-    callbacks: list[tune.Callback] = [writer, ProgressCallback(planned, writer.statuses)]
+    resume_from = plan.resume({} if force else resumable_checkpoints(store))
+    for name, value in _TUNE_ENV.items():
+        os.environ.setdefault(name, value)
+    configs = _Configs(sweep.trials)
+    writer = SweepWriter(store, code_version())
+    callbacks: list[tune.Callback] = [StoreCallback(writer, configs), ProgressCallback(plan.todo, writer.statuses)]
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(_trainable, filesystem=store.fs, resume_from=resume_from),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         ),
         param_space={
-            "trials": trial_space,
+            "trials": plan.members,
             "checkpoint_every": spec.checkpoint_every,
             "threads": math.ceil(spec.resources.cpu),
         },
         tune_config=tune.TuneConfig(
             # No metric/mode here: set on TuneConfig they would make a multi-objective search single.
-            num_samples=1 if spec.optuna is None else planned,
+            num_samples=plan.num_samples,
             # One worker process per slot, kept across trials: a fresh one per trial re-imports
             # torch (~2.5 s a trial). Safe: `train` seeds everything it uses.
             reuse_actors=True,
             max_concurrent_trials=spec.resources.max_concurrent,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-            **search,
+            trial_name_creator=configs.name,
+            trial_dirname_creator=configs.name,
+            **plan.search,
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -387,9 +358,8 @@ def run_sweep(
         # loggers are off) are noise next to our Parquet store.
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     tuner.fit()
-    if spec.optuna is not None:
-        mark_pareto_front(store, spec.optuna.objectives)
-    return SweepSummary(skipped + planned, skipped, dict(writer.statuses))
+    plan.finish()
+    return SweepSummary(plan.total, skipped, dict(writer.statuses))
 
 
 def mark_pareto_front(store: ResultStore, objectives) -> None:
@@ -402,12 +372,7 @@ def mark_pareto_front(store: ResultStore, objectives) -> None:
             store.write("trials", row["trial_id"], [{**row, "on_pareto_front": flag}])
 
 
-def _trial_name(trial) -> str:
-    cfgs = trial_configs(trial.config)
-    return cfgs[0].trial_id + (f"-pack{len(cfgs)}" if len(cfgs) > 1 else "")
-
-
-def describe(trials: list[TrialConfig]) -> list[str]:
+def describe(trials: Sequence[TrialConfig]) -> list[str]:
     """One line per trial: its id and the settings that vary across the sweep (for --dry-run)."""
     varying = varying_settings(trials)
     return [f"{t.trial_id}  " + " ".join(f"{k}={json.dumps(t.flat()[k])}" for k in varying) for t in trials]

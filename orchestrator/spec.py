@@ -1,4 +1,5 @@
-"""Sweep files: YAML -> validated `SweepSpec` -> a deduplicated list of `TrialConfig`s.
+"""Sweep files: YAML -> validated `SweepSpec` -> a deduplicated list of `TrialConfig`s, the two
+together a `Sweep`.
 
 A sweep file holds fixed settings in sections that mirror `TrialConfig` (`dataset:`, `model:`,
 `train:`, plus `seed`/`device`), a `grid:` whose axes are multiplied out, `variants:` (rows of
@@ -13,17 +14,20 @@ from __future__ import annotations
 import copy
 import itertools
 import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sparsity_core.config import TrialConfig, alias_paths, did_you_mean, set_path
+from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
 from .search import OptunaSpec
 
-__all__ = ["SpecError", "SweepSpec", "Resources", "load_spec", "expand", "apply_override", "varying_settings"]
+__all__ = ["SpecError", "SweepSpec", "Sweep", "Resources", "load_spec", "apply_override",
+           "trial_config", "varying_settings"]
 
 
 class SpecError(ValueError):
@@ -67,6 +71,35 @@ class SweepSpec(BaseModel):
             raise ValueError("`pack:` trains a grid's trials together without checkpoints: "
                              "use it without `optuna:` and with checkpoint_every: 0")
         return self
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep file as it runs: its validated spec and its trials, expanded once (variants x grid x
+    seeds in that order, duplicates dropped; an Optuna search's one fixed base)."""
+
+    spec: SweepSpec
+    trials: tuple[TrialConfig, ...]
+
+
+def _set_path(mapping: dict[str, Any], path: str, value: Any) -> None:
+    """Write `value` at the dotted `path` of a nested mapping, creating missing sections; raises
+    TypeError when a section on the way is not a mapping."""
+    *sections, leaf = path.split(".")
+    for section in sections:
+        mapping = mapping.setdefault(section, {})
+        if not isinstance(mapping, dict):
+            raise TypeError(f"{section!r} is not a section")
+    mapping[leaf] = value
+
+
+def trial_config(base: dict[str, Any], assignments: Iterable[tuple[str, Any]]) -> TrialConfig:
+    """`base` (TrialConfig's sections as plain data) with a value set at each dotted path, validated
+    (pydantic's ValidationError names a bad key)."""
+    settings = copy.deepcopy(base)
+    for path, value in assignments:
+        _set_path(settings, path, value)
+    return TrialConfig.model_validate(settings)
 
 
 def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecError:
@@ -126,12 +159,14 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             raise SpecError(f"--set {assignment!r}: unknown key {key!r}{did_you_mean(key, options)}")
         path = alias_paths()[key]
     try:
-        set_path(raw, path, value)
+        _set_path(raw, path, value)
     except TypeError as e:
         raise SpecError(f"--set {assignment!r}: {e}") from None
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+    """The sweep file at `path` with `--set` overrides applied, validated and expanded into its
+    trials; every mistake, down to a single trial's setting, raises SpecError before anything runs."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -144,8 +179,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _format_errors(source, e) from None
-    expand(spec, source)  # surface every trial-level mistake now, before anything runs
-    return spec
+    return Sweep(spec, _expand(spec, source))
 
 
 def _resolve(key: str, source: str, where: str) -> str:
@@ -159,7 +193,7 @@ def _resolve(key: str, source: str, where: str) -> str:
                     f"valid: {', '.join(paths)}")
 
 
-def expand(spec: SweepSpec, source: str = "sweep") -> list[TrialConfig]:
+def _expand(spec: SweepSpec, source: str) -> tuple[TrialConfig, ...]:
     """variants x grid x seeds, in that order, each a validated TrialConfig; duplicates dropped."""
     base = {"dataset": spec.dataset, "model": spec.model, "train": spec.train, "device": spec.device}
     axes = [(_resolve(k, source, "grid."), v) for k, v in spec.grid.items()]
@@ -172,19 +206,16 @@ def expand(spec: SweepSpec, source: str = "sweep") -> list[TrialConfig]:
         fixed = [(_resolve(k, source, f"variants[{v_index}]."), val) for k, val in variant.items()]
         for combo in itertools.product(*(values for _, values in axes)):
             for seed in spec.seeds:
-                settings = copy.deepcopy(base)
-                for path, value in [*fixed, *zip((p for p, _ in axes), combo), ("seed", seed)]:
-                    set_path(settings, path, value)
                 try:
-                    cfg = TrialConfig.model_validate(settings)
+                    cfg = trial_config(base, [*fixed, *zip((p for p, _ in axes), combo), ("seed", seed)])
                 except ValidationError as e:
                     where = f"variants[{v_index}] " if spec.variants else ""
                     raise _format_errors(source, e, where) from None
                 trials.setdefault(cfg.trial_id, cfg)
-    return list(trials.values())
+    return tuple(trials.values())
 
 
-def varying_settings(trials: list[TrialConfig]) -> list[str]:
+def varying_settings(trials: Iterable[TrialConfig]) -> list[str]:
     """Aliases of the settings whose value differs between trials (for --dry-run and progress)."""
     flats = [t.flat() for t in trials]
     return [k for k in alias_paths() if len({repr(f[k]) for f in flats}) > 1]

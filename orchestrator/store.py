@@ -8,126 +8,81 @@ S3-compatible server such as MinIO; credentials come from the usual AWS_* variab
 - `layers/<trial_id>.parquet`: per epoch and conv layer, filter counts dead by gamma / activation;
 - `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality on the epochs
   where they were measured.
-Each table has one fixed Arrow schema, so `polars.scan_parquet("<dir>/<table>/*.parquet")` reads all.
-A file is written to a hidden temporary name and renamed, so readers never see half a file (on S3
-the rename is a server-side copy, which is all or nothing too).
+Each table has one fixed Arrow schema, derived from the records a trial reports
+(`sparsity_core.metrics`) and from TrialConfig's settings (`sparsity_core.config.settings`), so
+`polars.scan_parquet("<dir>/<table>/*.parquet")` reads all. A file is written to a hidden temporary
+name and renamed, so readers never see half a file (on S3 the rename is a server-side copy, which is
+all or nothing too). Files written before a column existed read with that column null.
+
+`SweepWriter` is the driver's one writer: it turns a trial's reported records into these rows.
 """
 
 from __future__ import annotations
 
-import types
-import typing
+import datetime as dt
+import time
 import urllib.parse
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
-from sparsity_core.config import TrialConfig, alias_paths
+from sparsity_core.config import TrialConfig, settings
+from sparsity_core.metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics, scalar_fields
 
-__all__ = ["TABLES", "FINISHED", "ResultStore", "trials_schema"]
+__all__ = ["TABLES", "FINISHED", "TRIAL_METRICS", "ResultStore", "SweepWriter"]
 
 FINISHED = ("ok", "diverged")  # statuses that a re-run skips; "failed" trials run again
+FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
+
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+# Of an epoch's scalars, those a trial row says otherwise: `epoch` is `epochs_run`, `diverged` is
+# the status, and the schedule's `lr` is a setting's consequence, not an outcome.
+_NOT_OUTCOMES = ("epoch", "lr", "diverged")
+# The last epoch's outcomes and its pruning results: a finished trial's metrics, in column order.
+TRIAL_METRICS = (*(c.name for c in scalar_fields(EpochMetrics) if c.name not in _NOT_OUTCOMES),
+                 *(c.name for c in scalar_fields(PruneMetrics)))
 
 
-def _arrow_type(annotation: Any) -> pa.DataType:
-    """Arrow type of a TrialConfig field annotation (str, int, float, bool, Optional, tuple[int, ...], Literal)."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType):
-        return _arrow_type(args[0])
-    if origin is tuple:
-        return pa.list_(_arrow_type(args[0]))
-    if origin is typing.Literal:
-        return pa.string()
-    return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[annotation]
+def _columns(record: type) -> list[pa.Field]:
+    return [pa.field(c.name, _ARROW[c.type]) for c in scalar_fields(record)]
 
 
-def _setting_fields() -> list[pa.Field]:
-    fields = []
-    for alias, path in alias_paths().items():
-        model: type[BaseModel] = TrialConfig
-        *sections, leaf = path.split(".")
-        for section in sections:
-            model = model.model_fields[section].annotation
-        fields.append(pa.field(alias, _arrow_type(model.model_fields[leaf].annotation)))
-    return fields
+def _trials_schema() -> pa.Schema:
+    outcomes = {f.name: f for f in [*_columns(EpochMetrics), *_columns(PruneMetrics)]}
+    return pa.schema([
+        pa.field("trial_id", pa.string()),
+        pa.field("sweep", pa.string()),
+        pa.field("status", pa.string()),
+        *(pa.field(s.alias, pa.list_(_ARROW[s.type]) if s.sequence else _ARROW[s.type]) for s in settings()),
+        pa.field("epochs_run", pa.int64()),
+        # null where not measured (pruning: the last epoch of a trial that did not diverge)
+        *(outcomes[name] for name in TRIAL_METRICS),
+        # multi-objective searches only: non-dominated among the sweep's finished trials
+        pa.field("on_pareto_front", pa.bool_()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("code_version", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("finished_at", pa.timestamp("s", tz="UTC")),
+        pa.field("config_json", pa.string()),
+    ])
 
 
-def trials_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("trial_id", pa.string()),
-            pa.field("sweep", pa.string()),
-            pa.field("status", pa.string()),
-            *_setting_fields(),
-            pa.field("epochs_run", pa.int64()),
-            pa.field("train_loss", pa.float64()),
-            pa.field("test_loss", pa.float64()),
-            pa.field("test_err", pa.float64()),
-            pa.field("dead_gamma_pct", pa.float64()),
-            pa.field("dead_act_pct", pa.float64()),
-            # end-of-trial physical pruning of the dead filters (null where not measured)
-            pa.field("pruned_test_err", pa.float64()),
-            pa.field("conv_params_pruned_pct", pa.float64()),
-            pa.field("flops_pruned_pct", pa.float64()),
-            pa.field("pruned_speedup", pa.float64()),
-            # the explicit baselines at the same reduction, on the same trained network
-            pa.field("l1norm_pruned_test_err", pa.float64()),
-            pa.field("slim_pruned_test_err", pa.float64()),
-            # multi-objective searches only: non-dominated among the sweep's finished trials
-            pa.field("on_pareto_front", pa.bool_()),
-            pa.field("wall_time_s", pa.float64()),
-            pa.field("code_version", pa.string()),
-            pa.field("error", pa.string()),
-            pa.field("finished_at", pa.timestamp("s", tz="UTC")),
-            pa.field("config_json", pa.string()),
-        ]
-    )
-
-
+_TRIAL_ID = pa.field("trial_id", pa.string())
+_EPOCH = pa.field("epoch", pa.int64())
 TABLES: dict[str, pa.Schema] = {
-    "trials": trials_schema(),
-    "epochs": pa.schema(
-        [
-            ("trial_id", pa.string()),
-            ("epoch", pa.int64()),
-            ("lr", pa.float64()),
-            ("train_loss", pa.float64()),
-            ("test_loss", pa.float64()),
-            ("test_err", pa.float64()),
-            ("dead_gamma_pct", pa.float64()),
-            ("dead_act_pct", pa.float64()),
-        ]
-    ),
-    "layers": pa.schema(
-        [
-            ("trial_id", pa.string()),
-            ("epoch", pa.int64()),
-            ("layer", pa.string()),
-            ("n_filters", pa.int64()),
-            ("dead_gamma", pa.int64()),
-            ("dead_act", pa.int64()),
-            ("revived", pa.int64()),  # filters re-initialised this epoch by the `revive` remedy
-        ]
-    ),
-    "filters": pa.schema(
-        [
-            ("trial_id", pa.string()),
-            ("epoch", pa.int64()),
-            ("layer", pa.string()),
-            ("filter", pa.int64()),
-            ("gamma", pa.float64()),
-            ("beta", pa.float64()),
-            ("max_act", pa.float64()),
-            ("universality", pa.float64()),
-        ]
-    ),
+    "trials": _trials_schema(),
+    "epochs": pa.schema([_TRIAL_ID, *_columns(EpochMetrics)]),
+    # per epoch: a LayerMetrics per conv layer, and on snapshot epochs a FilterMetrics per filter
+    "layers": pa.schema([_TRIAL_ID, _EPOCH, *_columns(LayerMetrics)]),
+    "filters": pa.schema([_TRIAL_ID, _EPOCH, *_columns(FilterMetrics)]),
 }
+# The per-epoch tables and the columns that identify one of their rows within a trial.
+ROW_KEYS = {"epochs": ("epoch",), "layers": ("epoch", "layer"), "filters": ("epoch", "layer", "filter")}
 
 
 def _sweep_uri(root: str, sweep: str) -> str:
@@ -163,19 +118,30 @@ class ResultStore:
         return f"{self.path}/{table}/{trial_id}.parquet"
 
     def write(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        """Replace the table's file for this trial with `rows`, atomically."""
+        """Replace the table's file for this trial with `rows`, atomically. Each row holds exactly
+        the table's columns (None where a value is missing), so a renamed metric fails here
+        instead of becoming a column of nulls."""
+        schema = TABLES[table]
+        for row in rows:
+            if row.keys() != set(schema.names):
+                missing = [c for c in schema.names if c not in row]
+                extra = [k for k in row if k not in schema.names]
+                raise ValueError(f"{table} row of trial {trial_id} does not hold the table's columns: "
+                                 f"missing {missing or 'none'}, unknown {extra or 'none'}")
         final = self._file(table, trial_id)
         folder = final.rsplit("/", 1)[0]
         self.fs.create_dir(folder, recursive=True)
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{trial_id}"
-        pq.write_table(pa.Table.from_pylist(rows, schema=TABLES[table]), tmp, filesystem=self.fs)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp, filesystem=self.fs)
         self.fs.move(tmp, final)
 
     def read(self, table: str, trial_id: str) -> list[dict[str, Any]]:
+        """The trial's rows in today's columns: one added since the file was written reads as None,
+        one since dropped is left out."""
         path = self._file(table, trial_id)
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             return []
-        return pq.read_table(path, filesystem=self.fs).to_pylist()
+        return pq.read_table(path, filesystem=self.fs, schema=TABLES[table]).to_pylist()
 
     def finished(self) -> dict[str, str]:
         """trial_id -> status for every trial with a trials file."""
@@ -193,3 +159,92 @@ class ResultStore:
             for info in self.fs.get_file_info(selector):
                 if info.base_name.startswith(".tmp-"):
                     self.fs.delete_file(info.path)
+
+
+@dataclass
+class _Running:
+    cfg: TrialConfig
+    # table -> row key (epoch first, see ROW_KEYS) -> row
+    rows: dict[str, dict[tuple, dict[str, Any]]] = field(default_factory=lambda: {t: {} for t in ROW_KEYS})
+    last: dict[str, Any] | None = None  # the latest record
+    wall_time_s: float | None = None
+    flushed_at: float = 0.0
+    loaded: bool = False
+
+
+def _epoch_rows(trial_id: str, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of the per-epoch tables that one reported record (`EpochMetrics.to_record()`) makes."""
+    epoch = int(record["epoch"])
+    return {
+        "epochs": [{"trial_id": trial_id, **{c.name: record[c.name] for c in scalar_fields(EpochMetrics)}}],
+        "layers": [{"trial_id": trial_id, "epoch": epoch, **row} for row in record["layers"]],
+        "filters": [{"trial_id": trial_id, "epoch": epoch, **row} for row in record["filters"] or []],
+    }
+
+
+class SweepWriter:
+    """The driver's writer of a sweep's results: epoch/layer/filter rows as a trial's records
+    arrive, its trial row when it ends.
+
+    Rows are keyed by trial id and epoch, so a trial that restarts (a retry, or a resume from its
+    checkpoint) replaces what it reports again instead of duplicating it.
+    """
+
+    def __init__(self, store: ResultStore, version: str):
+        self.store = store
+        self.version = version
+        self.running: dict[str, _Running] = {}
+        self.statuses: dict[str, str] = {}  # trial_id -> status of every trial finished so far
+
+    def add(self, cfg: TrialConfig, record: dict[str, Any], *, wall_time_s: float | None = None,
+            flush: bool = False) -> None:
+        """One epoch's record of the trial `cfg`; `flush` writes its rows now (at a checkpoint, so
+        the rows of every checkpointed epoch are on disk), else they are written every FLUSH_EVERY_S."""
+        tid = cfg.trial_id
+        run = self.running.setdefault(tid, _Running(cfg))
+        epoch = int(record["epoch"])
+        if not run.loaded:  # keep the rows of epochs finished before a resume from a checkpoint
+            for table, key in ROW_KEYS.items():
+                for row in self.store.read(table, tid):
+                    if row["epoch"] < epoch:
+                        run.rows[table][tuple(row[k] for k in key)] = row
+            run.loaded = True
+        for table, new in _epoch_rows(tid, record).items():
+            rows = run.rows[table]
+            for stale in [k for k in rows if k[0] >= epoch]:  # a restart reports these again
+                del rows[stale]
+            for row in new:
+                rows[tuple(row[k] for k in ROW_KEYS[table])] = row
+        run.last, run.wall_time_s = record, wall_time_s
+        if flush or time.monotonic() - run.flushed_at > FLUSH_EVERY_S:
+            self._flush(run)
+
+    def _flush(self, run: _Running) -> None:
+        for table, rows in run.rows.items():
+            if rows:
+                self.store.write(table, run.cfg.trial_id, [rows[k] for k in sorted(rows)])
+        run.flushed_at = time.monotonic()
+
+    def finish(self, cfg: TrialConfig, failure: str | None = None) -> str:
+        """Write the trial's remaining rows and its trial row; `failure` is the error of a trial
+        that raised. Returns its status."""
+        run = self.running.pop(cfg.trial_id, None) or _Running(cfg)
+        self._flush(run)
+        last = run.last
+        status = "failed" if failure is not None else "diverged" if last and last["diverged"] else "ok"
+        self.store.write("trials", cfg.trial_id, [{
+            "trial_id": cfg.trial_id,
+            "sweep": self.store.sweep,
+            "status": status,
+            **cfg.flat(),
+            "epochs_run": last["epoch"] if last else 0,
+            **{name: last[name] if last else None for name in TRIAL_METRICS},
+            "on_pareto_front": None,
+            "wall_time_s": run.wall_time_s,
+            "code_version": self.version,
+            "error": failure or "",
+            "finished_at": dt.datetime.now(dt.timezone.utc),
+            "config_json": cfg.model_dump_json(),
+        }])
+        self.statuses[cfg.trial_id] = status
+        return status

@@ -10,10 +10,13 @@ the section's name for a section's `name` field), which sweep grids and result c
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,6 +31,10 @@ __all__ = [
     "MODEL_NAMES",
     "ACTIVATION_NAMES",
     "REMEDY_NAMES",
+    "Setting",
+    "settings",
+    "alias_paths",
+    "did_you_mean",
 ]
 
 OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "adamax", "rmsprop", "adagrad", "adadelta")
@@ -174,36 +181,55 @@ class TrialConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Every leaf setting under its alias: the columns of a results row."""
-        out: dict[str, Any] = {}
-        for alias, path in alias_paths().items():
-            value: Any = self
-            for part in path.split("."):
-                value = getattr(value, part)
-            out[alias] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {setting.alias: setting.value(self) for setting in settings()}
 
 
-def set_path(mapping: dict[str, Any], path: str, value: Any) -> None:
-    """Write `value` at the dotted `path` of a nested mapping, creating missing sections; raises
-    TypeError when a section on the way is not a mapping."""
-    *sections, leaf = path.split(".")
-    for section in sections:
-        mapping = mapping.setdefault(section, {})
-        if not isinstance(mapping, dict):
-            raise TypeError(f"{section!r} is not a section")
-    mapping[leaf] = value
+class Setting(NamedTuple):
+    """One leaf setting of TrialConfig, as sweep grids and result columns name it."""
+
+    alias: str  # `optimizer`
+    path: str  # `train.optimizer`
+    type: type  # str, int, float or bool (a registry name or a Literal is a str)
+    nullable: bool  # None is a valid value (`lr`: the paper's default)
+    sequence: bool  # a tuple of `type` (`lr_steps`), a list in a results column
+
+    def value(self, cfg: TrialConfig) -> Any:
+        """This setting's value in `cfg`, a tuple as a list."""
+        value: Any = cfg
+        for part in self.path.split("."):
+            value = getattr(value, part)
+        return list(value) if self.sequence else value
+
+
+def _leaf_type(annotation: Any) -> tuple[type, bool, bool]:
+    """(scalar type, nullable, sequence) of a leaf field's annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        (kind,) = [a for a in args if a is not type(None)]  # only `X | None` unions occur
+        scalar, _, sequence = _leaf_type(kind)
+        return scalar, True, sequence
+    if origin is tuple:
+        return _leaf_type(args[0])[0], False, True
+    if origin is Literal:
+        return type(args[0]), False, False
+    return annotation, False, False
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every leaf setting of TrialConfig in field order: the one walk over its fields that sweep
+    keys, `flat()` and the results columns (with their types) all come from."""
+    out: list[Setting] = []
+    for section, field in TrialConfig.model_fields.items():
+        sub = field.annotation
+        leaves = sub.model_fields.items() if isinstance(sub, type) and issubclass(sub, BaseModel) else [("", field)]
+        for leaf, leaf_field in leaves:
+            alias = section if leaf in ("", "name") else leaf
+            assert alias not in {s.alias for s in out}, f"alias {alias!r} is ambiguous"
+            out.append(Setting(alias, f"{section}.{leaf}" if leaf else section, *_leaf_type(leaf_field.annotation)))
+    return tuple(out)
 
 
 def alias_paths() -> dict[str, str]:
     """Alias -> dotted path for every leaf setting of TrialConfig (`optimizer` -> `train.optimizer`)."""
-    out: dict[str, str] = {}
-    for section, field in TrialConfig.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            for leaf in sub.model_fields:
-                alias = section if leaf == "name" else leaf
-                assert alias not in out, f"alias {alias!r} is ambiguous"
-                out[alias] = f"{section}.{leaf}"
-        else:
-            out[section] = section
-    return out
+    return {setting.alias: setting.path for setting in settings()}

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from sparsity_core.config import TrialConfig, alias_paths
+from sparsity_core.config import Setting, TrialConfig, alias_paths, settings
 
 
 def test_trial_id_is_stable_and_content_based():
@@ -47,6 +47,16 @@ def test_aliases_are_unique_and_cover_every_setting():
     assert paths["optimizer"] == "train.optimizer"
     assert paths["dataset"] == "dataset.name" and paths["model"] == "model.name"
     assert set(TrialConfig().flat()) == set(paths)
+
+
+def test_one_walk_gives_each_settings_alias_path_type_and_value():
+    by_alias = {s.alias: s for s in settings()}
+    assert by_alias["strength"] == Setting("strength", "train.strength", float, nullable=False, sequence=False)
+    assert by_alias["lr"].nullable and by_alias["lr_steps"].sequence and by_alias["lr_steps"].type is int
+    assert by_alias["precision"].type is str and by_alias["seed"].path == "seed"
+    cfg = TrialConfig.model_validate({"train": {"strength": 1e-3, "lr_steps": [5, 9]}})
+    assert cfg.flat() == {s.alias: s.value(cfg) for s in settings()}
+    assert cfg.flat()["lr_steps"] == [5, 9] and cfg.flat()["strength"] == 1e-3
 
 
 def test_batch_size_rule_keeps_iterations():

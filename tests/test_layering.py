@@ -19,3 +19,15 @@ def test_the_report_imports_neither_optuna_nor_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_importing_the_runner_changes_no_environment_variable():
+    # The libraries first: some set variables of their own on import (ray, polars, torch._dynamo).
+    code = (
+        "import os, sys, polars, pyarrow, optuna, ray, ray.tune, sparsity_core; "
+        "before = dict(os.environ); import orchestrator.runner, orchestrator.run; "
+        "changed = sorted(k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)); "
+        "print(changed); sys.exit(1 if changed else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -17,6 +17,8 @@ from orchestrator import report, results
 from orchestrator.store import TABLES, ResultStore
 from sparsity_core.config import TrialConfig
 
+from .rows import row
+
 ROOT = Path(__file__).resolve().parent.parent
 N_FILTERS = 4  # per layer: a BasicNet shape at a tiny width
 LAYERS = [f"C{i}" for i in range(1, 8)]
@@ -38,7 +40,7 @@ def _write_trial(store: ResultStore, optimizer: str, strength: float, seed: int)
     total = 100.0 * sum(dead) / (N_FILTERS * len(LAYERS))
     store.write("epochs", tid, [{"trial_id": tid, "epoch": e, "lr": 1e-3, "train_loss": 0.5 / e,
                                  "test_loss": 0.6 / e, "test_err": err + 2 - e, "dead_gamma_pct": total * e / 2,
-                                 "dead_act_pct": None if e == 1 else total} for e in (1, 2)])
+                                 "dead_act_pct": None if e == 1 else total, "diverged": False} for e in (1, 2)])
     store.write("layers", tid, [{"trial_id": tid, "epoch": e, "layer": layer, "n_filters": N_FILTERS,
                                  "dead_gamma": n if e == 2 else 0, "dead_act": n if e == 2 else None,
                                  "revived": None}
@@ -53,13 +55,13 @@ def _write_trial(store: ResultStore, optimizer: str, strength: float, seed: int)
                                 "max_act": None if e == 1 else (0.0 if is_dead else 2.0),
                                 "universality": None if e == 1 else (0.0 if is_dead else 0.25 * (f + 1))})
     store.write("filters", tid, filters)
-    store.write("trials", tid, [{
-        "trial_id": tid, "sweep": store.sweep, "status": "ok", **cfg.flat(), "epochs_run": 2,
-        "train_loss": 0.25, "test_loss": 0.3, "test_err": err, "dead_gamma_pct": total, "dead_act_pct": total,
-        "wall_time_s": 1.0, "code_version": "test", "error": "", "config_json": cfg.model_dump_json(),
-        "conv_params_pruned_pct": total, "flops_pruned_pct": total / 2, "pruned_speedup": 1.5,
-        "pruned_test_err": err, "slim_pruned_test_err": err + 5, "l1norm_pruned_test_err": err + 10,
-    }])
+    store.write("trials", tid, [row(
+        "trials", trial_id=tid, sweep=store.sweep, status="ok", **cfg.flat(), epochs_run=2,
+        train_loss=0.25, test_loss=0.3, test_err=err, dead_gamma_pct=total, dead_act_pct=total,
+        wall_time_s=1.0, code_version="test", error="", config_json=cfg.model_dump_json(),
+        conv_params_pruned_pct=total, flops_pruned_pct=total / 2, pruned_speedup=1.5,
+        pruned_test_err=err, slim_pruned_test_err=err + 5, l1norm_pruned_test_err=err + 10,
+    )])
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,8 @@ def sweep_dir(tmp_path_factory) -> Path:
         for seed in (0, 1):
             _write_trial(store, optimizer, strength, seed)
     failed = TrialConfig.model_validate({"train": {"optimizer": "adadelta"}})
-    store.write("trials", failed.trial_id, [{"trial_id": failed.trial_id, "sweep": "demo", "status": "failed",
-                                             **failed.flat(), "epochs_run": 0, "error": "boom"}])
+    store.write("trials", failed.trial_id, [row("trials", trial_id=failed.trial_id, sweep="demo", status="failed",
+                                                **failed.flat(), epochs_run=0, error="boom")])
     return Path(store.path)
 
 
@@ -142,7 +144,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
 def test_only_failed_trials_is_bad_input(tmp_path: Path, capsys) -> None:
     store = ResultStore(str(tmp_path), "broken")
     cfg = TrialConfig()
-    store.write("trials", cfg.trial_id, [{"trial_id": cfg.trial_id, "status": "failed", **cfg.flat(), "error": "x"}])
+    failed = row("trials", trial_id=cfg.trial_id, status="failed", **cfg.flat(), error="x")
+    store.write("trials", cfg.trial_id, [failed])
     assert report.main([store.path]) == 2
     assert "no trial finished ok (1 failed)" in capsys.readouterr().err
 
@@ -171,7 +174,7 @@ def test_results_written_before_a_setting_existed_still_group(tmp_path: Path) ->
     rows = []
     for seed in (0, 1):
         cfg = TrialConfig.model_validate({"seed": seed})
-        rows.append({"trial_id": cfg.trial_id, "status": "ok", **cfg.flat(), "test_err": 10.0 + seed})
+        rows.append(row("trials", trial_id=cfg.trial_id, status="ok", **cfg.flat(), test_err=10.0 + seed))
     store.write("trials", rows[0]["trial_id"], [rows[0]])
     old_schema = pa.schema([f for f in TABLES["trials"] if f.name != "remedy"])
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[1].items() if k != "remedy"}], schema=old_schema),
@@ -187,8 +190,8 @@ def test_sweep_without_filters_still_reports(tmp_path: Path) -> None:
     store = ResultStore(str(tmp_path), "bare")
     for optimizer in ("adam", "sgd"):
         cfg = TrialConfig.model_validate({"train": {"optimizer": optimizer}})
-        store.write("trials", cfg.trial_id, [{"trial_id": cfg.trial_id, "status": "ok", **cfg.flat(),
-                                              "test_err": 10.0, "dead_gamma_pct": 5.0}])
+        store.write("trials", cfg.trial_id, [row("trials", trial_id=cfg.trial_id, status="ok", **cfg.flat(),
+                                                 test_err=10.0, dead_gamma_pct=5.0)])
     out = report.build_report(store.path, tmp_path / "out", lowgrad_iterations=100)
     assert "no per-filter snapshots" in (out / "gamma_beta.html").read_text()
     assert "no per-layer counts" in (out / "layers.html").read_text()

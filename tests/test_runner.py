@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from orchestrator.spec import expand, load_spec
+from orchestrator.spec import load_spec
 from sparsity_core import train
 
 from .integration import TINY, run_cli, start_cli, table, write_sweep
@@ -119,7 +119,7 @@ checkpoint_every: 4
     assert trials.height == 2 and set(trials["status"]) == {"ok"}
 
     # The resumed trial ends where an uninterrupted run with the same seed ends.
-    resumed = next(t for t in expand(load_spec(sweep)) if t.trial_id == running)
+    resumed = next(t for t in load_spec(sweep).trials if t.trial_id == running)
     torch.set_num_threads(1)
     reference = train(resumed).final
     row = trials.filter(trials["trial_id"] == resumed.trial_id).row(0, named=True)

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.store import ResultStore
 
 from .integration import TINY, run_cli, write_sweep
+from .rows import row
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]'")
 
@@ -50,10 +51,11 @@ def test_store_round_trip_on_s3(endpoint, aws_env, tiny):
 
     cfg = tiny()
     epochs = [{"trial_id": cfg.trial_id, "epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "test_loss": 1.0,
-               "test_err": 0.5, "dead_gamma_pct": 0.0, "dead_act_pct": 0.0} for e in (1, 2)]
+               "test_err": 0.5, "dead_gamma_pct": 0.0, "dead_act_pct": 0.0, "diverged": False} for e in (1, 2)]
     store.write("epochs", cfg.trial_id, epochs)
-    store.write("trials", cfg.trial_id, [{"trial_id": cfg.trial_id, "sweep": "sweep", "status": "ok", **cfg.flat()}])
-    store.write("trials", "f" * 12, [{"trial_id": "f" * 12, "sweep": "sweep", "status": "failed"}])
+    ok = row("trials", trial_id=cfg.trial_id, sweep="sweep", status="ok", **cfg.flat())
+    store.write("trials", cfg.trial_id, [ok])
+    store.write("trials", "f" * 12, [row("trials", trial_id="f" * 12, sweep="sweep", status="failed")])
 
     assert store.read("epochs", cfg.trial_id) == epochs
     assert store.read("epochs", "0" * 12) == []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import SpecError, apply_override, expand, load_spec, varying_settings
+from orchestrator.spec import SpecError, apply_override, load_spec, varying_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -29,11 +29,11 @@ def test_sweep_files_are_shipped():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_parses_and_expands(path):
-    spec = load_spec(path)
-    trials = expand(spec, str(path))
+    sweep = load_spec(path)
+    trials = sweep.trials
     assert trials, "a sweep with no trials"
     assert len({t.trial_id for t in trials}) == len(trials)
-    assert {t.seed for t in trials} == set(spec.seeds)
+    assert {t.seed for t in trials} == set(sweep.spec.seeds)
 
 
 def _key(values: dict, columns: list[str]) -> tuple:
@@ -55,21 +55,20 @@ def test_paper_sweeps_expand_to_exactly_the_csv_rows(sweep, table):
         values = {c: row.get(c) or SETTING_COLUMNS[c] for c in columns}
         values["dataset"] = row.get("dataset") or dataset
         expected[_key(values, columns)] += 1
-    spec = load_spec(ROOT / "sweeps" / sweep)
-    trials = expand(spec)
-    got = Counter(_key(t.flat(), columns) for t in trials)
-    assert got == Counter({k: n * len(spec.seeds) for k, n in expected.items()})
+    loaded = load_spec(ROOT / "sweeps" / sweep)
+    got = Counter(_key(t.flat(), columns) for t in loaded.trials)
+    assert got == Counter({k: n * len(loaded.spec.seeds) for k, n in expected.items()})
 
 
 def test_table1_is_the_main_papers_grid():
-    trials = expand(load_spec(ROOT / "sweeps" / "table1.yaml"))
+    trials = load_spec(ROOT / "sweeps" / "table1.yaml").trials
     assert len(trials) == 2 * 4 * 2 * 3 * 3
     assert {t.train.optimizer for t in trials} == {"sgd", "adam", "adadelta", "adagrad"}
     assert all(t.train.total_epochs == 325 and t.train.milestones == (250,) for t in trials)
 
 
 def test_batch_size_sweep_keeps_iterations():
-    trials = expand(load_spec(ROOT / "sweeps" / "batch_size.yaml"))
+    trials = load_spec(ROOT / "sweeps" / "batch_size.yaml").trials
     steps = {t.train.batch_size: t.train.total_epochs / t.train.batch_size for t in trials}
     assert sorted(steps) == [40, 80, 160, 320, 640]
     assert len(set(steps.values())) == 1
@@ -89,15 +88,14 @@ def test_grid_variants_seeds_and_dedupe(tmp_path):
         "grid: {optimizer: [adam, sgd], train.reg: [l2, wd]}\n"
         "variants: [{strength: 1.0e-3}, {strength: 1.0e-4}, {strength: 0.001}]\n"
         "seeds: [0, 1]\n"))
-    trials = expand(load_spec(path))
+    trials = load_spec(path).trials
     assert len(trials) == 2 * 2 * 2 * 2  # the third variant repeats the first
     assert varying_settings(trials) == ["optimizer", "reg", "strength", "seed"]
 
 
 def test_overrides_by_dotted_key_and_alias(tmp_path):
     path = _write(tmp_path, BASE + "grid: {optimizer: [adam, sgd]}\n")
-    spec = load_spec(path, ["train.epochs=5", "seeds=[3, 4]", "grid.optimizer=[adam]", "strength=1e-3"])
-    trials = expand(spec)
+    trials = load_spec(path, ["train.epochs=5", "seeds=[3, 4]", "grid.optimizer=[adam]", "strength=1e-3"]).trials
     assert [(t.train.epochs, t.seed, t.train.optimizer, t.train.strength) for t in trials] == [
         (5, 3, "adam", 1e-3), (5, 4, "adam", 1e-3)]
 
@@ -139,3 +137,27 @@ def test_missing_file_and_bad_overrides(tmp_path):
                          ("train.epochs=[", "not valid YAML")]:
         with pytest.raises(SpecError, match=message):
             apply_override({}, bad)
+
+
+def test_a_trial_goes_to_tune_and_back_validated_once_per_process(tmp_path):
+    """The driver finds the TrialConfigs it expanded by id (the same objects); a worker validates
+    each of its trial's configs; a searcher's sample is validated once on the driver, then kept."""
+    from ray.tune.experiment import Trial
+
+    from orchestrator.runner import _Configs, _member, trial_configs
+
+    sweep = load_spec(_write(tmp_path, BASE + "grid: {strength: [1.0e-3, 1.0e-4]}\n"))
+    configs = _Configs(sweep.trials)
+    for cfg in sweep.trials:
+        trial = Trial("fn", config={"trials": [_member(cfg)]}, stub=True)
+        assert configs.of(trial)[cfg.trial_id] is cfg
+        assert configs.name(trial) == cfg.trial_id
+        assert trial_configs(trial.config) == [cfg]
+    base = sweep.trials[0]
+    sampled = Trial("fn", config={"trials": [_member(base)], "strength": 0.5}, stub=True)
+    (worker,) = trial_configs(sampled.config)
+    assert worker.train.strength == 0.5 and worker.model_copy(update={"train": base.train}) == base
+    kept = configs.of(sampled)
+    assert list(kept) == [worker.trial_id] and configs.of(sampled) is kept
+    pack = Trial("fn", config={"trials": [_member(t) for t in sweep.trials]}, stub=True)
+    assert configs.name(pack) == f"{sweep.trials[0].trial_id}-pack2"

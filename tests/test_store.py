@@ -1,0 +1,120 @@
+"""The Parquet store: schemas derived from what a trial reports, whole rows only, results of earlier
+versions still readable. Real trials, real Parquet files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from orchestrator.store import TABLES, TRIAL_METRICS, ResultStore, SweepWriter
+from sparsity_core import train
+from sparsity_core.config import settings
+from sparsity_core.metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics, scalar_fields
+
+from .rows import row
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-0.1.0"
+
+
+def test_every_reported_field_and_setting_is_a_column_of_its_type():
+    kinds = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    for table, record in [("epochs", EpochMetrics), ("layers", LayerMetrics), ("filters", FilterMetrics)]:
+        for column in scalar_fields(record):
+            assert TABLES[table].field(column.name).type == kinds[column.type], (table, column)
+    trials = TABLES["trials"]
+    for column in scalar_fields(PruneMetrics):
+        assert trials.field(column.name).type == kinds[column.type]
+    assert set(TRIAL_METRICS) <= set(trials.names)
+    for setting in settings():
+        kind = pa.list_(kinds[setting.type]) if setting.sequence else kinds[setting.type]
+        assert trials.field(setting.alias).type == kind, setting
+    assert trials.field("strength").type == pa.float64() and trials.field("lr_steps").type == pa.list_(pa.int64())
+
+
+def test_a_row_must_hold_exactly_the_tables_columns(tmp_path, tiny):
+    store = ResultStore(str(tmp_path), "sweep")
+    cfg = tiny()
+    whole = row("epochs", trial_id=cfg.trial_id, epoch=1, lr=0.1, train_loss=1.0, test_loss=1.0, test_err=50.0,
+                dead_gamma_pct=0.0, dead_act_pct=None, diverged=False)
+    missing = {k: v for k, v in whole.items() if k != "test_err"}
+    with pytest.raises(ValueError, match=r"missing \['test_err'\], unknown none"):
+        store.write("epochs", cfg.trial_id, [whole, missing])
+    with pytest.raises(ValueError, match=r"missing none, unknown \['test_error'\]"):
+        store.write("epochs", cfg.trial_id, [{**whole, "test_error": 50.0}])
+    assert store.read("epochs", cfg.trial_id) == []  # nothing written by a refused call
+    store.write("epochs", cfg.trial_id, [whole])
+    assert store.read("epochs", cfg.trial_id) == [whole]
+
+
+def test_a_real_trials_records_round_trip_through_the_writer(tmp_path, tiny):
+    """What a trial reports reaches Parquet whole: every value the records hold, pruning included,
+    comes back from its column (the driver's writer on real records, real files)."""
+    cfg = tiny(reg="l2", strength=1e-3, snapshot_every=1, act_every=1)
+    records = []
+    result = train(cfg, lambda metrics, state: records.append(metrics.to_record()))
+    assert result.status == "ok" and records[-1]["pruned_test_err"] is not None
+    store = ResultStore(str(tmp_path), "sweep")
+    writer = SweepWriter(store, "test")
+    for record in records:
+        writer.add(cfg, record, wall_time_s=3.0)
+    assert writer.finish(cfg) == "ok"
+
+    def read(table: str) -> pl.DataFrame:
+        frame = pl.read_parquet(f"{store.path}/{table}/{cfg.trial_id}.parquet")
+        assert frame.columns == TABLES[table].names
+        return frame
+
+    epochs = read("epochs").sort("epoch")
+    for record, got in zip(records, epochs.iter_rows(named=True), strict=True):
+        for column in scalar_fields(EpochMetrics):
+            assert got[column.name] == record[column.name], column.name
+            assert column.nullable or got[column.name] is not None, column.name
+    layers = read("layers").sort("epoch", "layer")
+    reported = sorted(({**layer, "epoch": r["epoch"]} for r in records for layer in r["layers"]),
+                      key=lambda x: (x["epoch"], x["layer"]))
+    assert [{k: v for k, v in got.items() if k != "trial_id"} for got in layers.iter_rows(named=True)] == reported
+    filters = read("filters")
+    assert filters.height == sum(len(r["filters"]) for r in records)
+    for column in scalar_fields(FilterMetrics):
+        assert filters[column.name].null_count() == sum(f[column.name] is None for r in records for f in r["filters"])
+
+    trial = read("trials").row(0, named=True)
+    last = records[-1]
+    assert {k: trial[k] for k in TRIAL_METRICS} == {k: last[k] for k in TRIAL_METRICS}
+    assert all(trial[k] is not None for k in TRIAL_METRICS if last[k] is not None)
+    assert {k: trial[k] for k in cfg.flat()} == cfg.flat()
+    assert (trial["status"], trial["epochs_run"], trial["wall_time_s"]) == ("ok", 2, 3.0)
+
+
+def test_a_record_missing_a_metric_fails_instead_of_writing_nulls(tmp_path, tiny):
+    cfg = tiny()
+    record = EpochMetrics(epoch=1, lr=0.1, train_loss=1.0, test_loss=1.0, test_err=50.0,
+                          dead_gamma_pct=0.0).to_record()
+    writer = SweepWriter(ResultStore(str(tmp_path), "sweep"), "test")
+    del record["pruned_test_err"]
+    writer.add(cfg, record, flush=True)
+    with pytest.raises(KeyError, match="pruned_test_err"):
+        writer.finish(cfg)
+
+
+def test_results_of_version_0_1_0_stay_readable(tmp_path):
+    """The 0.1.0 store wrote no `diverged` epoch column and millisecond timestamps: its files read
+    in today's columns (the new one null) and can be written back whole, as a resumed trial does."""
+    shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    store = ResultStore(str(tmp_path), "quick")
+    finished = store.finished()
+    assert len(finished) == 4 and set(finished.values()) == {"ok"}
+    for trial_id in finished:
+        for table, schema in TABLES.items():
+            rows = store.read(table, trial_id)
+            assert rows and all(list(r) == schema.names for r in rows), table
+            store.write(table, trial_id, rows)
+            assert store.read(table, trial_id) == rows
+        epochs = store.read("epochs", trial_id)
+        assert all(r["diverged"] is None and r["test_err"] is not None for r in epochs)
+        trial = store.read("trials", trial_id)[0]
+        assert trial["code_version"].startswith("0.1.0") and trial["strength"] is not None
