@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import multiprocessing
 import pickle
 import struct
+import tarfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,8 @@ from sparsity_core.data import (
     ImageData,
     check_dataset,
     load_dataset,
+    prepare_dataset,
+    resolve_root,
 )
 
 # --- CIFAR fixtures in the real on-disk format ------------------------------------------------
@@ -224,6 +231,99 @@ def test_cifar_missing_root_folder_or_file(tmp_path: Path) -> None:
         check_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
     # With download on, the check leaves fetching to torchvision.
     check_dataset(DataConfig(name="cifar10", root=str(missing), download=True))
+
+
+# --- where the data lives: resolved roots, one download per root -----------------------------
+
+
+def test_relative_roots_resolve_against_the_given_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_root(DataConfig(name="cifar10", root="data"), tmp_path).root == str(tmp_path / "data")
+    assert resolve_root(DataConfig(name="cifar10", root="../data"), tmp_path / "sweeps").root == str(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_root(DataConfig(name="cifar10", root="~/data"), "/elsewhere").root == str(tmp_path / "home" / "data")
+    absolute = DataConfig(name="imagefolder", root="/mnt/shared/tiny-imagenet-200", image_size=32)
+    assert resolve_root(absolute, tmp_path) == absolute
+    assert resolve_root(DataConfig(name="digits"), tmp_path) == DataConfig(name="digits")
+
+
+class _SlowArchiveServer(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder and records each GET; slow enough that concurrent callers overlap."""
+
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        time.sleep(0.5)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def cifar_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """CIFAR-10's release archive, in its real layout, served over HTTP on 127.0.0.1 with
+    torchvision's URL and md5 table pointed at it. Yields (the GETs it served, the written batches)."""
+    release = tmp_path / "release"
+    written = _write_cifar10(release)
+    _accept_checksums(monkeypatch, datasets.CIFAR10, release / "cifar-10-batches-py")
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / datasets.CIFAR10.filename
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(release / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(datasets.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+
+    class Handler(_SlowArchiveServer):
+        requests: list[str] = []
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(datasets.CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{archive.name}")
+    yield Handler.requests, written
+    server.shutdown()
+
+
+def test_concurrent_callers_download_a_root_once(cifar_release, tmp_path: Path) -> None:
+    requests, written = cifar_release
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "alone"), download=True))
+    per_download = len(requests)  # torchvision's redirect probe is a GET too
+    assert per_download and set(requests) == {f"/{datasets.CIFAR10.filename}"}
+    cfg = DataConfig(name="cifar10", root=str(tmp_path / "shared"), download=True)
+    # Three processes at once, as trials or nodes sharing a root would: one downloads, the others
+    # wait on the lock and then find the files. (fork: the children see the patched URL.)
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        pool.map(prepare_dataset, [cfg] * 3)
+    assert len(requests) == 2 * per_download
+    assert not (tmp_path / "shared" / datasets.CIFAR10.filename).exists()  # the archive is not kept
+    data = load_dataset(cfg)  # prepares again: the files pass the md5 check, nothing is fetched
+    assert torch.equal(data.test_x, _images(written["test_batch"][0]))
+    assert len(requests) == 2 * per_download
+    # A copy that fails the md5 check (an interrupted download) is fetched again.
+    (tmp_path / "shared" / "cifar-10-batches-py" / "test_batch").write_bytes(b"partial")
+    prepare_dataset(cfg)
+    assert len(requests) == 3 * per_download
+    assert torch.equal(load_dataset(cfg).test_x, data.test_x)
+
+
+def test_a_failed_download_names_the_fix(cifar_release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:1/cifar-10-python.tar.gz")
+    cfg = DataConfig(name="cifar10", root=str(tmp_path / "offline"), download=True)
+    with pytest.raises(DatasetError, match="download: false") as err:
+        prepare_dataset(cfg)
+    assert "127.0.0.1:1" in str(err.value) and "docs/cluster.md" in str(err.value)
+
+
+def test_without_download_files_are_only_checked(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="the root folder does not exist"):
+        prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "nowhere").exists()  # nothing created: the root may be read-only
+    _write_cifar10(tmp_path)
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    prepare_dataset(DataConfig(name="synthetic", download=True))  # nothing to download
 
 
 # --- imagefolder -------------------------------------------------------------------------------
