@@ -4,7 +4,8 @@ The driver's own check (`check_dataset`) sees the driver's disk only; trials rea
 their node. `stage_datasets` runs `prepare_dataset` once on each such node, as a Ray task pinned
 there: with `download: true` each node (or each shared root, once) downloads now, under the root's
 lock, instead of in every trial; without it, a node that lacks the files stops the sweep here with
-one error that names the nodes, the roots and the fix.
+one error that names the nodes, the roots and the fix. A node that joins later (an autoscaler's)
+is prepared by its first trial: `load_dataset` runs `prepare_dataset` too, under the same lock.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def stage_datasets(configs: Iterable[DataConfig], *, cpu: float = 0.0, gpu: floa
     `cpu` CPUs and `gpu` GPUs, all nodes at once; return the ids of the nodes staged.
 
     Roots must be absolute (`resolve_root`): a relative one would mean a different folder in every
-    process. Datasets with no files (digits, synthetic) need no node and start no task. Raises
+    process. Datasets with no files (digits, synthetic) need no node and start no task; with no
+    node up yet, nothing is staged (an empty list). Raises
     DatasetError, after every node has answered, listing each node and dataset not ready.
     """
     distinct = {(c.name, c.root, c.download): c for c in configs if c.root is not None}
@@ -62,9 +64,7 @@ def stage_datasets(configs: Iterable[DataConfig], *, cpu: float = 0.0, gpu: floa
         raise ValueError(f"dataset roots {relative} are relative: resolve them first (sparsity_core.data.resolve_root)")
     if not distinct:
         return []
-    nodes = trial_nodes(cpu, gpu)
-    if not nodes:
-        raise DatasetError(f"no alive Ray node has room for a trial ({cpu} CPUs, {gpu} GPUs) to stage the data on")
+    nodes = trial_nodes(cpu, gpu)  # none yet on an autoscaling cluster that starts with its head alone
     prepare = ray.remote(num_cpus=0, max_retries=0)(_prepare_here)
     pending = {
         node["NodeID"]: prepare.options(

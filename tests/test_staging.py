@@ -58,5 +58,5 @@ def test_nothing_to_stage_starts_no_task(two_nodes) -> None:
     assert stage_datasets([DataConfig(name="digits"), DataConfig(name="synthetic", download=True)]) == []
     with pytest.raises(ValueError, match="relative"):
         stage_datasets([DataConfig(name="cifar10", root="data")])
-    with pytest.raises(DatasetError, match="no alive Ray node has room"):
-        stage_datasets([DataConfig(name="cifar10", root="/data")], gpu=1)
+    # No node with a GPU yet (an autoscaler adds them later): their first trials prepare the data.
+    assert stage_datasets([DataConfig(name="cifar10", root="/nowhere")], gpu=1) == []
