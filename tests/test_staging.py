@@ -8,26 +8,33 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from torchvision import datasets
 
 from orchestrator.staging import stage_datasets, trial_nodes
 from sparsity_core.config import DataConfig
-from sparsity_core.data import DatasetError, resolve_root
+from sparsity_core.data import DatasetError, prepare_dataset, resolve_root
 
-from .test_data import _write_cifar10
+from .test_data import _write_cifar10, cifar_release  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head with 1 CPU and a worker with 2: the node ids, head first."""
+def cluster():
+    """A head with 1 CPU and a worker with 2, this process its driver."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=2)
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
-    yield cluster.head_node.node_id, worker.node_id
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture
+def two_nodes(cluster):
+    """The node ids, head first."""
+    return cluster.head_node.node_id, cluster.list_all_nodes()[1].node_id
 
 
 def test_a_resolved_root_is_checked_on_every_node(two_nodes, tmp_path: Path) -> None:
@@ -60,3 +67,28 @@ def test_nothing_to_stage_starts_no_task(two_nodes) -> None:
         stage_datasets([DataConfig(name="cifar10", root="data")])
     # No node with a GPU yet (an autoscaler adds them later): their first trials prepare the data.
     assert stage_datasets([DataConfig(name="cifar10", root="/nowhere")], gpu=1) == []
+
+
+def test_nodes_sharing_a_root_download_it_once(cluster, two_nodes, cifar_release, tmp_path: Path) -> None:
+    requests, written = cifar_release
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "alone"), download=True))
+    per_download = len(requests)  # what one download asks of the server
+    # The workers of both nodes see the served release, as this process does (cifar_release).
+    served = {name: getattr(datasets.CIFAR10, name) for name in ("url", "tgz_md5", "train_list", "test_list", "meta")}
+
+    def serve_release() -> None:
+        from torchvision import datasets
+
+        for name, value in served.items():
+            setattr(datasets.CIFAR10, name, value)
+
+    ray.shutdown()
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"worker_process_setup_hook": serve_release})
+    try:
+        # Both nodes at once on one root, as on a shared filesystem: one downloads, one waits.
+        cfg = DataConfig(name="cifar10", root=str(tmp_path / "shared"), download=True)
+        assert sorted(stage_datasets([cfg])) == sorted(two_nodes)
+        assert len(requests) == 2 * per_download
+    finally:
+        ray.shutdown()
+        ray.init(address=cluster.address, log_to_driver=False)
