@@ -181,14 +181,17 @@ def _cifar(cfg: DataConfig) -> _Splits:
     return _Splits(train_x, train_y, test_x, test_y, num_classes)
 
 
-def _download_cifar(cfg: DataConfig) -> None:
-    """Fetch and unpack the CIFAR archive into the root unless every file there passes
-    torchvision's md5 check (a partial copy from an interrupted download does not)."""
+def _cifar_complete(cfg: DataConfig) -> bool:
+    """Every CIFAR file under the root passes torchvision's md5 check: a partial copy (a download
+    interrupted, or still running) does not."""
+    cls = _CIFAR[cfg.name]
+    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+    return all(check_integrity(str(_root(cfg) / cls.base_folder / name), md5) for name, md5 in files)
+
+
+def _fetch_cifar(cfg: DataConfig) -> None:
     cls = _CIFAR[cfg.name]
     root = _root(cfg)
-    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
-    if all(check_integrity(str(root / cls.base_folder / name), md5) for name, md5 in files):
-        return
     try:
         download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5,
                                      remove_finished=True)
@@ -263,10 +266,15 @@ _CHECKS: dict[str, Callable[[DataConfig], None]] = {
 }
 
 
+class _Download(NamedTuple):
+    complete: Callable[[DataConfig], bool]  # verified, so true only once a download has finished
+    fetch: Callable[[DataConfig], None]
+
+
 # The datasets `download: true` can fetch; the others ignore it.
-_DOWNLOADS: dict[str, Callable[[DataConfig], None]] = {
-    "cifar10": _download_cifar,
-    "cifar100": _download_cifar,
+_DOWNLOADS: dict[str, _Download] = {
+    "cifar10": _Download(_cifar_complete, _fetch_cifar),
+    "cifar100": _Download(_cifar_complete, _fetch_cifar),
 }
 
 
@@ -295,14 +303,18 @@ def check_dataset(cfg: DataConfig) -> None:
 def prepare_dataset(cfg: DataConfig) -> None:
     """Make `cfg`'s files ready to load on this machine, or raise DatasetError naming the fix.
 
-    With `download: true` (CIFAR), the first caller on a root downloads under an exclusive lock
-    file in the root; others on the same root (other trials, other nodes on a shared filesystem)
-    wait for it and then find the files, so a root is downloaded once, never per trial. The lock is
-    an flock: on NFS (v4) and EFS it holds across nodes too. Otherwise the files are checked only.
+    With `download: true` (CIFAR), files that pass their checksums are used as they are (a
+    read-only root too); otherwise the first caller on a root downloads under an exclusive lock
+    file in the root, and others on the same root (other trials, other nodes on a shared
+    filesystem) wait for it and then find the files: a root is downloaded once, never per trial.
+    The lock is an flock, which NFS (v4) and EFS hold across nodes too. Without `download`, the
+    files are checked only.
     """
     download = _DOWNLOADS.get(cfg.name) if cfg.download else None
     if download is None:
         check_dataset(cfg)
+        return
+    if download.complete(cfg):
         return
     lock = _root(cfg) / _DOWNLOAD_LOCK
     try:
@@ -313,7 +325,8 @@ def prepare_dataset(cfg: DataConfig) -> None:
                      "make the root writable, or stage the files there and set dataset.download: false") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process downloads into this root
-        download(cfg)
+        if not download.complete(cfg):  # the one it waited for may have downloaded them
+            download.fetch(cfg)
     finally:
         os.close(fd)  # releases the lock
 
