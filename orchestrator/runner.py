@@ -294,7 +294,7 @@ def _search_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
     """The rest of an Optuna search from the sweep's one base trial; a sampled config that equals an
     interrupted trial's continues from its checkpoint."""
     spec, optuna = sweep.spec, sweep.spec.optuna
-    storage = optuna.storage or default_storage(str(Path(store.path).parent), spec.name)
+    storage = optuna.storage or default_storage(store.uri)
     todo = trials_left(optuna, spec.name, storage)
     line = (f"search {spec.name!r}: {optuna.n_trials} trials, {optuna.n_trials - todo} already finished, "
             f"{todo} to run (searching: {', '.join(optuna.space)}); study in {storage}; results in {store.uri}")

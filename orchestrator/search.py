@@ -5,16 +5,20 @@ A sweep's `optuna:` section becomes an `OptunaSpec`: which trial settings to sam
 storage. `make_searcher` turns it into Ray Tune's `OptunaSearch`; the sampled values arrive in each
 Tune trial's `config` under the alias names.
 
-Storage URLs (`OptunaSpec.storage`, or `default_storage`):
-- any SQLAlchemy URL (`sqlite:///abs/path.db`, `postgresql://...`) -> `optuna.storages.RDBStorage`;
+Storage URLs (`OptunaSpec.storage`, or `default_storage` beside the results):
+- any SQLAlchemy URL (`sqlite:///abs/path.db`, `postgresql://user:pass@host/db`, whose driver,
+  psycopg, is installed) -> `optuna.storages.RDBStorage`;
 - `journal://<path>`, or a plain path ending in `.log` -> `JournalStorage(JournalFileBackend(path))`,
-  an append-only file for filesystems where SQLite's locking is unreliable (NFS).
+  an append-only file for filesystems where SQLite's locking is unreliable (NFS);
+- `s3://bucket/prefix` (with the results' query options) -> a journal of S3 objects
+  (`orchestrator.s3.S3JournalBackend`): the study lives and dies with results on S3.
 Only the driver talks to the study (Tune's searcher runs there), so one writer suffices.
 A study is found again by its name: running the same sweep again continues it.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
+from .s3 import S3JournalBackend
 from .store import TABLES
 
 if TYPE_CHECKING:
@@ -172,7 +177,7 @@ class OptunaSpec(BaseModel):
     )
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     population_size: int = Field(50, ge=2, description="nsga2 only: trials per generation (the first are random)")
-    storage: str | None = Field(None, description="None: sqlite:///<results>/<sweep>/optuna.db")
+    storage: str | None = Field(None, description="None: beside the results (see default_storage)")
     seed: int = Field(0, description="seeds the sampler, so a search is repeatable")
 
     @field_validator("space")
@@ -206,13 +211,20 @@ SAMPLERS: dict[str, Callable[[OptunaSpec, int], optuna.samplers.BaseSampler]] = 
 }
 
 
-def default_storage(results_root: str, sweep: str) -> str:
-    """`sqlite:///<results_root>/<sweep>/optuna.db` (absolute path). SQLite needs a local file, so a
-    remote results root (s3://...) needs an explicit `storage` instead."""
-    if "://" in results_root:
-        raise ValueError(f"results root {results_root!r} is not a local folder: SQLite cannot live there; "
-                         "set optuna.storage to a database URL (e.g. postgresql://...)")
-    return f"sqlite:///{(Path(results_root).resolve() / sweep / 'optuna.db').as_posix()}"
+def default_storage(store_uri: str) -> str:
+    """Where a sweep's study lives when `optuna.storage` is unset: beside its results, so a job
+    resubmitted on another machine continues it. `store_uri` is the sweep's results location
+    (`ResultStore.uri`): a local folder -> `sqlite:///<folder>/optuna.db`; `s3://bucket/prefix/<sweep>`
+    -> the journal `s3://bucket/prefix/<sweep>/optuna-journal` (same query options). Elsewhere no
+    default fits: ValueError, naming the fix."""
+    parts = urllib.parse.urlsplit(store_uri)
+    if parts.scheme in ("", "file"):
+        folder = Path(parts.path if parts.scheme else store_uri).resolve()
+        return f"sqlite:///{(folder / 'optuna.db').as_posix()}"
+    if parts.scheme == "s3":
+        return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/optuna-journal"))
+    raise ValueError(f"results at {store_uri!r}: no Optuna storage can live there by default; set "
+                     "optuna.storage to a database URL (postgresql://user:pass@host/db) or an s3:// prefix")
 
 
 def _journal_path(url: str) -> str | None:
@@ -230,9 +242,11 @@ def open_storage(url: str) -> BaseStorage:
     if journal is not None:
         Path(journal).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(journal))
+    if url.startswith("s3://"):
+        return JournalStorage(S3JournalBackend(url))
     if "://" not in url:
         raise ValueError(f"storage {url!r}: expected a database URL (sqlite:///path.db, postgresql://...), "
-                         "journal://path or a path ending in .log")
+                         "journal://path, a path ending in .log, or s3://bucket/prefix")
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return RDBStorage(url)

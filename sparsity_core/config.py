@@ -78,8 +78,14 @@ class DataConfig(_Section):
     """Which images, where they live, and how they are fed."""
 
     name: DatasetName = "digits"
-    root: str | None = Field(None, description="local folder of cifar10/cifar100/imagefolder data")
-    download: bool = Field(False, description="let torchvision download CIFAR into `root`")
+    # Where the data lives, not what it is: `location` settings stay out of the trial id, so the
+    # same trial found on another machine (or under another working folder) keeps its id.
+    root: str | None = Field(
+        None, description="folder of cifar10/cifar100/imagefolder data", json_schema_extra={"location": True}
+    )
+    download: bool = Field(
+        False, description="let torchvision download CIFAR into `root`", json_schema_extra={"location": True}
+    )
     image_size: int | None = Field(
         None, gt=0, description="resize to this many pixels a side; None keeps the native size"
     )
@@ -171,12 +177,14 @@ class TrialConfig(_Section):
 
     @property
     def trial_id(self) -> str:
-        """Stable 12-hex-digit hash of every setting that differs from its default.
+        """Stable 12-hex-digit hash of every setting that differs from its default, except the
+        `location` ones (where the data lives, see DataConfig).
 
         Leaving defaults out keeps existing ids valid when a new setting (with a default) is added;
         changing a default's value is therefore a breaking change of trial ids.
         """
-        payload = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        settings = self.model_dump(mode="json", exclude_defaults=True, exclude=_location_settings())
+        payload = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:
@@ -228,6 +236,19 @@ def settings() -> tuple[Setting, ...]:
             assert alias not in {s.alias for s in out}, f"alias {alias!r} is ambiguous"
             out.append(Setting(alias, f"{section}.{leaf}" if leaf else section, *_leaf_type(leaf_field.annotation)))
     return tuple(out)
+
+
+@functools.cache
+def _location_settings() -> dict[str, set[str]]:
+    """Section -> its settings marked `location` (pydantic's `exclude` shape)."""
+    out: dict[str, set[str]] = {}
+    for section, field in TrialConfig.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            marked = {leaf for leaf, f in sub.model_fields.items() if (f.json_schema_extra or {}).get("location")}
+            if marked:
+                out[section] = marked
+    return out
 
 
 def alias_paths() -> dict[str, str]:

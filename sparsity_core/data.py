@@ -8,7 +8,9 @@ no per-image Python and no `.item()` inside an epoch.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from sparsity_core.config import DataConfig
 
-__all__ = ["DatasetError", "ImageData", "check_dataset", "load_dataset", "BatchLoader"]
+__all__ = [
+    "DatasetError",
+    "ImageData",
+    "resolve_root",
+    "check_dataset",
+    "prepare_dataset",
+    "load_dataset",
+    "BatchLoader",
+]
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _IMAGEFOLDER_SIZE = 64  # pixels a side when `image_size` is unset: TinyImageNet's native size
+_STAGING_DOCS = "docs/cluster.md (Datasets on a cluster)"
+_DOWNLOAD_LOCK = ".download.lock"  # in the root: one download at a time per root, across processes and nodes
 _RESIZE_CHUNK = 4096  # images resized at a time: bounds the float32 copy to ~200 MB at 64x64 RGB
 
 # Synthetic set: fixed seeds (not the trial seed), so every trial sees the same images. Each split
@@ -131,7 +144,7 @@ def _root(cfg: DataConfig) -> Path:
 
 
 def _check_cifar(cfg: DataConfig) -> None:
-    if cfg.download:  # torchvision fetches what is missing and verifies it
+    if cfg.download:  # prepare_dataset fetches what is missing and verifies it
         return
     cls = _CIFAR[cfg.name]
     root = _root(cfg)
@@ -152,8 +165,8 @@ def _cifar(cfg: DataConfig) -> _Splits:
     cls = _CIFAR[cfg.name]
 
     def split(train: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-        try:
-            ds = cls(_root(cfg), train=train, download=cfg.download)
+        try:  # never downloads here: `prepare_dataset` did that, once per root, under a lock
+            ds = cls(_root(cfg), train=train, download=False)
         except RuntimeError as err:  # torchvision's md5 check: a partial or altered copy
             folder = _root(cfg) / cls.base_folder
             raise _error(
@@ -166,6 +179,26 @@ def _cifar(cfg: DataConfig) -> _Splits:
     train_x, train_y, num_classes = split(train=True)
     test_x, test_y, _ = split(train=False)
     return _Splits(train_x, train_y, test_x, test_y, num_classes)
+
+
+def _cifar_complete(cfg: DataConfig) -> bool:
+    """Every CIFAR file under the root passes torchvision's md5 check: a partial copy (a download
+    interrupted, or still running) does not."""
+    cls = _CIFAR[cfg.name]
+    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+    return all(check_integrity(str(_root(cfg) / cls.base_folder / name), md5) for name, md5 in files)
+
+
+def _fetch_cifar(cfg: DataConfig) -> None:
+    cls = _CIFAR[cfg.name]
+    root = _root(cfg)
+    try:
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5,
+                                     remove_finished=True)
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), or a bad archive
+        raise _error(cfg, f"downloading {cls.url} failed ({err})",
+                     f"put {cls.base_folder}/ under {root} as {_STAGING_DOCS} says and set "
+                     "dataset.download: false") from None
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -233,10 +266,69 @@ _CHECKS: dict[str, Callable[[DataConfig], None]] = {
 }
 
 
+class _Download(NamedTuple):
+    complete: Callable[[DataConfig], bool]  # verified, so true only once a download has finished
+    fetch: Callable[[DataConfig], None]
+
+
+# The datasets `download: true` can fetch; the others ignore it.
+_DOWNLOADS: dict[str, _Download] = {
+    "cifar10": _Download(_cifar_complete, _fetch_cifar),
+    "cifar100": _Download(_cifar_complete, _fetch_cifar),
+}
+
+
+def resolve_root(cfg: DataConfig, base: str | Path) -> DataConfig:
+    """`cfg` with a relative `root` made absolute against the folder `base` (and `~` expanded).
+
+    Call it where the sweep is read, before any trial starts: Ray Tune runs each trial in its own
+    working folder, on whichever node, so a relative root would name a different folder in every
+    trial. Symlinks are kept as written: they may point elsewhere on another node.
+    """
+    if cfg.root is None:
+        return cfg
+    root = Path(cfg.root).expanduser()
+    if not root.is_absolute():
+        root = Path(os.path.normpath(Path(base).absolute() / root))
+    return cfg.model_copy(update={"root": str(root)})
+
+
 def check_dataset(cfg: DataConfig) -> None:
     """Raise DatasetError if `cfg`'s files are missing, as `load_dataset` would, without reading
-    any image: a sweep can fail fast before it schedules trials."""
+    any image: a sweep can fail fast before it schedules trials. With `download: true`, files that
+    `prepare_dataset` can fetch may be missing."""
     _CHECKS[cfg.name](cfg)
+
+
+def prepare_dataset(cfg: DataConfig) -> None:
+    """Make `cfg`'s files ready to load on this machine, or raise DatasetError naming the fix.
+
+    With `download: true` (CIFAR), files that pass their checksums are used as they are (a
+    read-only root too); otherwise the first caller on a root downloads under an exclusive lock
+    file in the root, and others on the same root (other trials, other nodes on a shared
+    filesystem) wait for it and then find the files: a root is downloaded once, never per trial.
+    The lock is an flock, which NFS (v4) and EFS hold across nodes too. Without `download`, the
+    files are checked only.
+    """
+    download = _DOWNLOADS.get(cfg.name) if cfg.download else None
+    if download is None:
+        check_dataset(cfg)
+        return
+    if download.complete(cfg):
+        return
+    lock = _root(cfg) / _DOWNLOAD_LOCK
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise _error(cfg, f"cannot create {lock} ({err.strerror})",
+                     "make the root writable, or stage the files there and set dataset.download: false") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process downloads into this root
+        if not download.complete(cfg):  # the one it waited for may have downloaded them
+            download.fetch(cfg)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -271,8 +363,9 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> ImageData:
-    """Read `cfg`'s dataset, resize it to `cfg.image_size` if set, and place it on `device`."""
-    check_dataset(cfg)
+    """Read `cfg`'s dataset, resize it to `cfg.image_size` if set, and place it on `device`.
+    Files are prepared first (see `prepare_dataset`): on a staged root nothing is downloaded."""
+    prepare_dataset(cfg)
     splits = DATASETS[cfg.name](cfg)
     train_x = _resize(splits.train_x, cfg.image_size)
     test_x = _resize(splits.test_x, cfg.image_size)

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from .cifar import cifar_release  # noqa: F401 (a fixture for every test module)
+
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 torch.set_num_threads(1)
 

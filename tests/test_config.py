@@ -67,3 +67,20 @@ def test_batch_size_rule_keeps_iterations():
     assert cfg.train.milestones == (1000,)
     plain = TrialConfig.model_validate({"train": {"batch_size": 160}})
     assert plain.train.total_epochs == 325
+
+
+def test_where_the_data_lives_leaves_the_trial_id():
+    # Ids pinned before `location` settings existed: digits and synthetic trials keep theirs.
+    assert TrialConfig().trial_id == "44136fa355b3"
+    assert TrialConfig.model_validate({"dataset": {"name": "synthetic", "n_train": 256}}).trial_id == "176464b6b357"
+    assert TrialConfig.model_validate({"train": {"optimizer": "sgd"}}).trial_id == "1ac597f357c0"
+    # root and download say where the files are, not what they are: a job resubmitted on another
+    # machine (another working folder, a staged copy) finds the same trials.
+    ids = {
+        TrialConfig.model_validate({"dataset": {"name": "cifar10", **where}}).trial_id
+        for where in ({"root": "data", "download": True}, {"root": "/mnt/shared/data"}, {"root": "/tmp/x"})
+    }
+    assert len(ids) == 1
+    assert ids != {TrialConfig.model_validate({"dataset": {"name": "cifar100", "root": "data"}}).trial_id}
+    # ... and stay in the results row.
+    assert TrialConfig.model_validate({"dataset": {"name": "cifar10", "root": "/d"}}).flat()["root"] == "/d"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-import struct
+import multiprocessing
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,99 +20,11 @@ from sparsity_core.data import (
     ImageData,
     check_dataset,
     load_dataset,
+    prepare_dataset,
+    resolve_root,
 )
 
-# --- CIFAR fixtures in the real on-disk format ------------------------------------------------
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles `bytes` as Python 2 `str`, as the CIFAR files (written by Python 2) store their keys
-    and strings: they read back as b"data" with encoding="bytes" (the dataset page's recipe) and as
-    "data" with encoding="latin1" (torchvision's)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
-
-def _dump(path: Path, entry: dict[bytes, Any]) -> None:
-    with path.open("wb") as f:
-        _Py2Pickler(f, protocol=2).dump(entry)
-
-
-def _batch(rng: np.random.Generator, n: int, num_classes: int) -> tuple[np.ndarray, list[int]]:
-    # One row per image: 1024 R, then 1024 G, then 1024 B values, each plane row-major.
-    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, num_classes, n).tolist()
-
-
-def _write_cifar10(root: Path, per_file: int = 10) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data, labels = written[name] = _batch(rng, per_file, 10)
-        entry = {
-            b"batch_label": name.encode(),
-            b"labels": labels,
-            b"data": data,
-            b"filenames": [f"img_{name}_{i}.png".encode() for i in range(per_file)],
-        }
-        _dump(folder / name, entry)
-    names = b"airplane automobile bird cat deer dog frog horse ship truck".split()
-    meta = {b"num_cases_per_batch": per_file, b"label_names": names, b"num_vis": 3072}
-    _dump(folder / "batches.meta", meta)
-    return written
-
-
-def _write_cifar100(root: Path, per_file: int = 10) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    written = {}
-    for name in ("train", "test"):
-        data, fine = written[name] = _batch(rng, per_file, 100)
-        entry = {
-            b"filenames": [f"img_{i}.png".encode() for i in range(per_file)],
-            b"batch_label": f"{name}ing batch 1 of 1".encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [label // 5 for label in fine],
-            b"data": data,
-        }
-        _dump(folder / name, entry)
-    meta = {
-        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
-    }
-    _dump(folder / "meta", meta)
-    return written
-
-
-def _accept_checksums(
-    monkeypatch: pytest.MonkeyPatch, cls: type[datasets.CIFAR10], folder: Path
-) -> None:
-    """Point torchvision's md5 table at the fixture's files: its integrity check still runs, now
-    against what the fixture wrote instead of the official release."""
-
-    def md5(name: str) -> str:
-        return hashlib.md5((folder / name).read_bytes()).hexdigest()
-
-    monkeypatch.setattr(cls, "train_list", [[name, md5(name)] for name, _ in cls.train_list])
-    monkeypatch.setattr(cls, "test_list", [[name, md5(name)] for name, _ in cls.test_list])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
-
-
-def _images(data: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32))
-
+from .cifar import accept_checksums, images, write_cifar10, write_cifar100
 
 # --- registry ----------------------------------------------------------------------------------
 
@@ -176,15 +85,15 @@ def test_synthetic_is_deterministic_and_learnable() -> None:
 def test_cifar10_reads_the_files_back_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    written = _write_cifar10(tmp_path)
-    _accept_checksums(monkeypatch, datasets.CIFAR10, tmp_path / "cifar-10-batches-py")
+    written = write_cifar10(tmp_path)
+    accept_checksums(monkeypatch, datasets.CIFAR10, tmp_path / "cifar-10-batches-py")
     cfg = DataConfig(name="cifar10", root=str(tmp_path))
     check_dataset(cfg)
     data = load_dataset(cfg)
     train = [written[f"data_batch_{i}"] for i in range(1, 6)]
-    assert torch.equal(data.train_x, _images(np.concatenate([x for x, _ in train])))
+    assert torch.equal(data.train_x, images(np.concatenate([x for x, _ in train])))
     assert data.train_y.tolist() == [label for _, labels in train for label in labels]
-    assert torch.equal(data.test_x, _images(written["test_batch"][0]))
+    assert torch.equal(data.test_x, images(written["test_batch"][0]))
     assert data.test_y.tolist() == written["test_batch"][1]
     assert (data.num_classes, data.in_channels, data.image_size) == (10, 3, 32)
     assert data.train_y.dtype == torch.int64
@@ -193,18 +102,18 @@ def test_cifar10_reads_the_files_back_exactly(
 
 
 def test_cifar100_reads_fine_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    written = _write_cifar100(tmp_path)
-    _accept_checksums(monkeypatch, datasets.CIFAR100, tmp_path / "cifar-100-python")
+    written = write_cifar100(tmp_path)
+    accept_checksums(monkeypatch, datasets.CIFAR100, tmp_path / "cifar-100-python")
     data = load_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
-    assert torch.equal(data.train_x, _images(written["train"][0]))
+    assert torch.equal(data.train_x, images(written["train"][0]))
     assert data.train_y.tolist() == written["train"][1]
     assert data.test_y.tolist() == written["test"][1]
     assert data.num_classes == 100
 
 
 def test_cifar_files_that_fail_the_md5_check_are_rejected(tmp_path: Path) -> None:
-    # Not the official release and no _accept_checksums: torchvision's md5 check stays on.
-    _write_cifar10(tmp_path)
+    # Not the official release and no accept_checksums: torchvision's md5 check stays on.
+    write_cifar10(tmp_path)
     with pytest.raises(DatasetError, match="download: true") as err:
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     assert str(tmp_path) in str(err.value)
@@ -218,12 +127,67 @@ def test_cifar_missing_root_folder_or_file(tmp_path: Path) -> None:
             with pytest.raises(DatasetError, match="cifar-10-batches-py") as err:
                 call(cfg)
             assert cfg.root in str(err.value) and "download: true" in str(err.value)
-    _write_cifar100(tmp_path)
+    write_cifar100(tmp_path)
     (tmp_path / "cifar-100-python" / "test").unlink()
     with pytest.raises(DatasetError, match="lacks test"):
         check_dataset(DataConfig(name="cifar100", root=str(tmp_path)))
     # With download on, the check leaves fetching to torchvision.
     check_dataset(DataConfig(name="cifar10", root=str(missing), download=True))
+
+
+# --- where the data lives: resolved roots, one download per root -----------------------------
+
+
+def test_relative_roots_resolve_against_the_given_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_root(DataConfig(name="cifar10", root="data"), tmp_path).root == str(tmp_path / "data")
+    assert resolve_root(DataConfig(name="cifar10", root="../data"), tmp_path / "sweeps").root == str(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_root(DataConfig(name="cifar10", root="~/data"), "/elsewhere").root == str(tmp_path / "home" / "data")
+    absolute = DataConfig(name="imagefolder", root="/mnt/shared/tiny-imagenet-200", image_size=32)
+    assert resolve_root(absolute, tmp_path) == absolute
+    assert resolve_root(DataConfig(name="digits"), tmp_path) == DataConfig(name="digits")
+
+
+def test_concurrent_callers_download_a_root_once(cifar_release, tmp_path: Path) -> None:
+    requests, written = cifar_release
+    # Files that pass their checksums are used as they are: no lock file (the root may be read-only).
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "release"), download=True))
+    assert requests == [] and not (tmp_path / "release" / ".download.lock").exists()
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "alone"), download=True))
+    per_download = len(requests)  # torchvision's redirect probe is a GET too
+    assert per_download and set(requests) == {f"/{datasets.CIFAR10.filename}"}
+    cfg = DataConfig(name="cifar10", root=str(tmp_path / "shared"), download=True)
+    # Three processes at once, as trials or nodes sharing a root would: one downloads, the others
+    # wait on the lock and then find the files. (fork: the children see the patched URL.)
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        pool.map(prepare_dataset, [cfg] * 3)
+    assert len(requests) == 2 * per_download
+    assert not (tmp_path / "shared" / datasets.CIFAR10.filename).exists()  # the archive is not kept
+    data = load_dataset(cfg)  # prepares again: the files pass the md5 check, nothing is fetched
+    assert torch.equal(data.test_x, images(written["test_batch"][0]))
+    assert len(requests) == 2 * per_download
+    # A copy that fails the md5 check (an interrupted download) is fetched again.
+    (tmp_path / "shared" / "cifar-10-batches-py" / "test_batch").write_bytes(b"partial")
+    prepare_dataset(cfg)
+    assert len(requests) == 3 * per_download
+    assert torch.equal(load_dataset(cfg).test_x, data.test_x)
+
+
+def test_a_failed_download_names_the_fix(cifar_release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:1/cifar-10-python.tar.gz")
+    cfg = DataConfig(name="cifar10", root=str(tmp_path / "offline"), download=True)
+    with pytest.raises(DatasetError, match="download: false") as err:
+        prepare_dataset(cfg)
+    assert "127.0.0.1:1" in str(err.value) and "docs/cluster.md" in str(err.value)
+
+
+def test_without_download_files_are_only_checked(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="the root folder does not exist"):
+        prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "nowhere").exists()  # nothing created: the root may be read-only
+    write_cifar10(tmp_path)
+    prepare_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    prepare_dataset(DataConfig(name="synthetic", download=True))  # nothing to download
 
 
 # --- imagefolder -------------------------------------------------------------------------------

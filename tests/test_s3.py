@@ -3,13 +3,25 @@ endpoint, reached the way a cluster reaches MinIO: `s3://bucket/prefix?endpoint_
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+
+import optuna
 import polars as pl
 import pyarrow.fs as pafs
 import pytest
 
+from orchestrator.guard import GuardError, S3Lease, SweepLock
+from orchestrator.s3 import S3JournalBackend, S3Location
+from orchestrator.search import OptunaSpec, default_storage, make_searcher, open_storage, trials_left
 from orchestrator.store import ResultStore
 
-from .integration import TINY, run_cli, write_sweep
+from .integration import ROOT, TINY, cli_env, run_cli, write_sweep
 from .rows import row
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]'")
@@ -88,3 +100,132 @@ def test_cli_sweep_writes_results_and_checkpoints_to_s3(endpoint, aws_env, tmp_p
     assert all("?" not in key and key.startswith(f"{BUCKET}/cli/tiny/") for key in keys)
     # Tune's storage is the same bucket: the worker uploaded the trial's checkpoint there.
     assert any("/_tune/" in key and f"/{trial_id}/checkpoint_" in key for key in keys), keys
+
+
+# --- an Optuna study beside the results: a journal of conditional writes --------------------------
+
+
+def test_moto_honours_conditional_writes(endpoint, aws_env):
+    """What the journal and the lock rely on, checked against the server the tests use."""
+    from botocore.exceptions import ClientError
+
+    location = S3Location.from_uri(f"s3://{BUCKET}/conditions/object?endpoint_override={endpoint}&scheme=http")
+    client = location.client()
+    etag = client.put_object(Bucket=BUCKET, Key=location.key, Body=b"1", IfNoneMatch="*")["ETag"]
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"not-the-etag"'}):
+        with pytest.raises(ClientError, match="PreconditionFailed"):
+            client.put_object(Bucket=BUCKET, Key=location.key, Body=b"2", **condition)
+    client.put_object(Bucket=BUCKET, Key=location.key, Body=b"3", IfMatch=etag)
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        client.delete_object(Bucket=BUCKET, Key=location.key, IfMatch=etag)
+
+
+def test_default_storage_of_s3_results_is_a_journal_beside_them(endpoint):
+    store = ResultStore(f"s3://{BUCKET}/unit?endpoint_override={endpoint}&scheme=http", "search")
+    assert default_storage(store.uri) == (f"s3://{BUCKET}/unit/search/optuna-journal"
+                                          f"?endpoint_override={endpoint}&scheme=http")
+
+
+def test_journal_writers_with_stale_cursors_never_overwrite(endpoint, aws_env):
+    uri = f"s3://{BUCKET}/journal-raw?endpoint_override={endpoint}&scheme=http"
+    first, second = S3JournalBackend(uri), S3JournalBackend(uri)
+    first.append_logs([{"n": 0}, {"n": 1}])
+    second.append_logs([{"n": 2}])  # its cursor still says 0: logs 0 and 1 exist, it takes 2
+    first.append_logs([{"n": 3}])  # and this one's says 2
+    assert list(first.read_logs(0)) == list(second.read_logs(0)) == [{"n": i} for i in range(4)]
+    assert list(second.read_logs(3)) == [{"n": 3}]
+    assert list(pickle.loads(pickle.dumps(second)).read_logs(2)) == [{"n": 2}, {"n": 3}]
+
+
+def test_a_study_on_s3_survives_its_driver(endpoint, aws_env):
+    store = ResultStore(f"s3://{BUCKET}/study?endpoint_override={endpoint}&scheme=http", "search")
+    url = default_storage(store.uri)
+    spec = OptunaSpec.model_validate({"n_trials": 5, "space": {"strength": {"type": "loguniform", "low": 1e-6,
+                                                                             "high": 1e-2}}})
+    study = optuna.create_study(storage=open_storage(url), study_name="search", directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("strength", 1e-6, 1e-2, log=True), 1.0), n_trials=3)
+    # Another driver (a resubmitted job on a new cluster) finds the study where the results are.
+    assert trials_left(spec, "search", url) == 2
+    again = optuna.load_study(study_name="search", storage=open_storage(url))
+    assert [t.params for t in again.trials] == [t.params for t in study.trials]
+    searcher = make_searcher(spec, "search", url)  # Tune pickles its searcher, storage included
+    assert pickle.loads(pickle.dumps(searcher)) is not None
+
+
+# --- one orchestrator per results prefix: a lease on S3 -------------------------------------------
+
+HOLDER = """
+import sys, time
+from orchestrator.guard import SweepLock
+from orchestrator.store import ResultStore
+with SweepLock(ResultStore(sys.argv[1], "sweep"), lease_s=float(sys.argv[2])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+LEASE_S = 3.0  # renewed every second; short, so takeovers in the test take seconds
+
+
+def _holder(results: str) -> subprocess.Popen:
+    """A driver holding the sweep's lock in its own process, once it has printed `locked`."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, results, str(LEASE_S)], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n", proc.stderr.read()
+    return proc
+
+
+def _lock_body(store: ResultStore) -> dict | None:
+    location = S3Location.from_uri(store.uri).child(".lock")
+    client = location.client()
+    try:
+        return json.loads(client.get_object(Bucket=BUCKET, Key=location.key)["Body"].read())
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+@pytest.mark.integration
+def test_s3_lock_keeps_drivers_apart_and_a_dead_ones_lease_is_taken_over(endpoint, aws_env):
+    results = f"s3://{BUCKET}/locked?endpoint_override={endpoint}&scheme=http"
+    store = ResultStore(results, "sweep")
+    me = f"{socket.gethostname()} pid {os.getpid()}"
+
+    alive = _holder(results)
+    try:
+        # A live holder renews while the second driver waits out its lease: refused, as locally.
+        with pytest.raises(GuardError, match="another orchestrator") as err:
+            with SweepLock(store, lease_s=LEASE_S):
+                pass
+        assert f"pid {alive.pid}" in str(err.value) and store.uri in str(err.value)
+
+        # A stalled holder (stopped longer than its lease) is taken over; when it wakes, its next
+        # renewal fails and it stops itself.
+        alive.send_signal(signal.SIGSTOP)
+        with SweepLock(store, lease_s=LEASE_S):
+            assert _lock_body(store)["holder"] == me
+            alive.send_signal(signal.SIGCONT)
+            assert alive.wait(timeout=30) != 0
+            assert "another orchestrator took over the lock" in alive.stderr.read()
+            assert _lock_body(store)["holder"] == me
+    finally:
+        alive.kill()
+    assert _lock_body(store) is None  # released
+
+    # A killed driver's lease expires and the resubmitted one takes it over.
+    killed = _holder(results)
+    killed.kill()
+    killed.wait()
+    with SweepLock(store, lease_s=LEASE_S):
+        assert _lock_body(store)["holder"] == me
+
+
+def test_s3_lease_that_cannot_be_taken_names_the_holder(endpoint, aws_env):
+    location = S3Location.from_uri(f"s3://{BUCKET}/lease?endpoint_override={endpoint}&scheme=http").child(".lock")
+    first, second = S3Lease(location, lease_s=LEASE_S), S3Lease(location, lease_s=LEASE_S)
+    first.holder = "first driver"
+    assert first.acquire() is None
+    try:
+        assert second.acquire() == "first driver"
+    finally:
+        first.release()
+    assert second.acquire() is None  # released: taken at once
+    second.release()

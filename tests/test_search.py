@@ -58,17 +58,30 @@ def test_bad_spec_names_the_problem(raw: dict, message: str) -> None:
 
 
 def test_default_storage_and_bad_urls(tmp_path) -> None:
-    url = default_storage(str(tmp_path / "results"), "search")
+    url = default_storage(str(tmp_path / "results" / "search"))
     assert url == f"sqlite:///{tmp_path.resolve()}/results/search/optuna.db"
-    with pytest.raises(ValueError, match="not a local folder"):
-        default_storage("s3://bucket/results", "search")
+    assert default_storage(f"file://{tmp_path}/results/search") == url
+    # s3:// results keep their study in S3 (tests/test_s3.py); where no default fits, the fix is named.
+    assert default_storage("s3://bucket/results/search") == "s3://bucket/results/search/optuna-journal"
+    with pytest.raises(ValueError, match="set optuna.storage to a database URL"):
+        default_storage("gs://bucket/results/search")
     with pytest.raises(ValueError, match="expected a database URL"):
         open_storage(str(tmp_path / "study.db"))
     assert isinstance(open_storage(str(tmp_path / "j" / "study.log")), optuna.storages.JournalStorage)
 
 
+def test_postgresql_urls_reach_the_installed_driver() -> None:
+    """`postgresql://` as docs/cluster.md writes it: SQLAlchemy's default driver (psycopg) is
+    installed, so the URL gets as far as connecting (nothing listens on port 1 here)."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg", reason="pyproject lists psycopg[binary]: pip install -e .")
+    assert sqlalchemy.create_engine("postgresql://user:pass@127.0.0.1:1/optuna").dialect.driver == "psycopg"
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="127.0.0.1"):
+        open_storage("postgresql://user:pass@127.0.0.1:1/optuna")
+
+
 def test_directions_of_an_existing_study_are_checked(tmp_path) -> None:
-    url = default_storage(str(tmp_path), "s")
+    url = default_storage(str(tmp_path / "s"))
     optuna.create_study(storage=open_storage(url), study_name="s", directions=["minimize", "minimize"])
     spec = OptunaSpec(n_trials=2, space={"strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2}})
     with pytest.raises(ValueError, match="optimizes"):
@@ -114,7 +127,7 @@ def test_real_study_on_sqlite_through_tune_and_resume(local_ray, tmp_path) -> No
         "sampler": "nsga2",
         "population_size": 4,
     })
-    url = default_storage(str(tmp_path / "results"), "search")
+    url = default_storage(str(tmp_path / "results" / "search"))
     _run_search(spec, "search", url, str(tmp_path / "tune"), n=4)
 
     study = optuna.load_study(study_name="search", storage=url)
