@@ -237,15 +237,17 @@ def _claims_method() -> list[str]:
         f"- Thresholds, from the paper's numbers: far more = more than {claims.FAR_MORE:g}x (claim 1); much "
         f"fewer = under {claims.MUCH_LESS:g}x (claim 4); slightly = by at most {claims.SLIGHTLY:.0%} (claims 5 "
         f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); more, "
-        "fewer, raises, lowers = the direction alone (threshold 0). A threshold that scales a side is decided "
-        "on that contrast (e.g. adam - 2 x sgd), shown under *tested*; otherwise *tested* is the effect. "
-        "\"Only slightly\" adds a second test, the bound on the change's size (its contrast after the "
+        "fewer, raises, lowers = the direction alone (threshold 0). Each *test* is a contrast that must be "
+        "above 0 (far more: adam - 2 x sgd > 0); *tested* gives its value and interval, the effect itself when "
+        "no side is scaled. \"Only slightly\" adds a second contrast, the bound on the change's size (after the "
         "semicolon): the comparison holds when both hold and fails when either fails.",
         "- Pairs in which neither side has a dead filter are left out (training too short to show a "
         "direction); their number is given.",
         f"- {claims.RULE}",
         "- Comparisons marked *(not counted)* are shown for context and do not enter the verdict (claims.csv "
         "still gives their status against the same test).",
+        "- claims.csv: a row per claim and per comparison, every number above; its `interval` column says how "
+        "an interval was made: " + "; ".join(f"`{k}`, {v}" for k, v in stats.INTERVAL_METHODS.items()) + ".",
         "",
     ]
 

@@ -31,7 +31,8 @@ INTERVAL_METHODS: dict[str, str] = {
     "welch": "Welch t interval over the seeds (scipy.stats.ttest_ind, equal_var=False)",
     "t": "t interval of the mean over the seeds (scipy.stats.ttest_1samp)",
     "prior": "normal interval with the prior seed spread (scipy.stats.norm)",
-    "exact": "every seed gave the same value: the interval is that value",
+    "exact": "nothing to estimate (every seed gave the same value, or the quantity is deterministic): "
+             "the interval is the value",
     "none": "no interval: one seed and no prior spread for this metric",
 }
 

@@ -221,7 +221,7 @@ def test_claims_table_has_a_row_per_claim_and_per_comparison() -> None:
     row = table.filter(pl.col("claim") == 1, pl.col("comparison").is_not_null()).row(0, named=True)
     assert (row["left_mean"], row["left_n"], row["right_mean"], row["right_n"]) == (81.0, 2, 21.0, 2)
     assert row["effect"] == 60.0 and row["interval"] == "welch" and row["interval_low"] < 60 < row["interval_high"]
-    assert row["test"] == "adam > 2 x sgd" and row["tested"] == 39.0 and row["status"] == "holds" and row["counted"]
+    assert row["test"] == "adam - 2 x sgd > 0" and row["tested"] == 39.0 and row["status"] == "holds" and row["counted"]
 
 
 def test_report_of_0_1_0_results(tmp_path: Path) -> None:
