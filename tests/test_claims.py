@@ -106,7 +106,8 @@ CASES = {
     "6 beta init": (6, {**ADAM_L2, "beta_init": 1.0}, ADAM_L2, ([52.0, 53.0, 54.0], [45.0, 46.0, 47.0])),
     "6 gamma lr": (6, ADAM_L2, {**ADAM_L2, "gamma_lr_scale": 0.1}, ([45.0, 46.0, 47.0], [32.0, 33.0, 34.0])),
     "6 beta lr": (6, {**ADAM_L2, "beta_lr_scale": 0.1}, ADAM_L2, ([50.5, 51.0, 51.5], [45.5, 46.0, 46.5])),
-    "7 batch size": (7, {**ADAM_L2, "batch_size": 40}, {**ADAM_L2, "batch_size": 80}, STRONG),
+    "7 batch size": (7, {**ADAM_L2, "batch_size": 40, "reference_batch_size": 40},
+                     {**ADAM_L2, "batch_size": 80, "reference_batch_size": 40}, STRONG),
 }
 
 
@@ -143,6 +144,9 @@ def test_any_strength_is_compared_and_only_like_with_like() -> None:
     assert row["status"] == "holds" and "strength" not in row["comparisons"][0]["comparison"]
     apart = seeds([(ADAM_L2, [60, 61, 62]), ({**amsgrad, "strength": 1e-4}, [10, 11, 12])])
     assert verdict(apart, 4)["status"] == "not testable"  # different strengths are not paired
+    # batch sizes at unequal iterations (no reference_batch_size) are not the paper's comparison
+    batches = seeds([({**ADAM_L2, "batch_size": 40}, [60, 61, 62]), ({**ADAM_L2, "batch_size": 80}, [10, 11, 12])])
+    assert verdict(batches, 7)["status"] == "not testable"
     # no dead filter on either side: left out and counted, the claim not testable
     row = verdict(seeds([({**ADAM_L2, "strength": 1e-6}, [0, 0]), ({**ADAM_L2, "strength": 1e-5}, [0, 0])]), 3)
     assert row["status"] == "not testable" and "no dead filters on either side" in row["note"]

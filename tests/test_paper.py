@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from orchestrator import paper, results
+from orchestrator import paper, results, spec
 from tests.planted import frame, per_seed, seeds, trial_row
 
+ROOT = Path(__file__).resolve().parent.parent
 CIFAR10 = {"dataset": "cifar10", "root": "/data"}  # TrialConfig's defaults are the supplement's schedule
 CIFAR100 = {"dataset": "cifar100", "root": "/data"}
 
@@ -108,3 +110,14 @@ def test_directions_for_every_table_with_the_pair() -> None:
                  ({**DIGITS, "optimizer": "sgd", "reg": "wd"}, [1.0, 1.5])])
     no_change = paper.paper_effects(per_seed(sgd), paper.load_reference()).filter(pl.col("metric") == "dead_gamma_pct")
     assert no_change["agreement"].to_list() == ["paper: no change"]  # SGD L2 1e-3 and WD 1e-3: 27% both
+
+
+@pytest.mark.parametrize("table", [1, 2, 3, 4])
+def test_the_shipped_supplement_sweeps_match_their_tables(table: int) -> None:
+    """Every configuration of sweeps/supp_table<N>.yaml is in the supplement's setup and finds its row
+    of supp. Table N."""
+    trials = spec.expand(spec.load_spec(ROOT / "sweeps" / f"supp_table{table}.yaml"))
+    rows = [{"trial_id": cfg.trial_id, "status": "ok", **cfg.flat(), "test_err": 10.0} for cfg in trials]
+    got = compared(rows)
+    matched = got.filter(pl.col("paper_source").str.starts_with(f"supp. Table {table}"))
+    assert matched["config"].n_unique() == len({cfg.model_copy(update={"seed": 0}).trial_id for cfg in trials})
