@@ -1,9 +1,9 @@
 """Write a sweep's report: `python orchestrator/report.py RESULTS/<sweep>` -> `RESULTS/<sweep>/report/`.
 
 Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
-a supplement table has the configuration), claims.md (the paper's claims checked on the data),
-pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html and index.html linking
-them. Every HTML page embeds plotly.js, so it opens with no network.
+a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
+on the per-seed values), pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html
+and index.html linking them. Every HTML page embeds plotly.js, so it opens with no network.
 
 `python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
 Exit codes: 0 written, 2 bad input (nothing written).
@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import plotly.graph_objects as go  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orchestrator import claims, figures, paper, plots, results  # noqa: E402
+from orchestrator import claims, figures, paper, plots, results, stats  # noqa: E402
 from sparsity_core.lowgrad import simulate_low_gradient  # noqa: E402
 
 __all__ = ["ReportError", "build_report", "write_lowgrad", "markdown_table", "main"]
@@ -92,11 +92,9 @@ def results_markdown(agg: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-def paper_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
-    """Ours / paper (ours minus paper) for the configurations with a paper row; None if none has."""
-    if "paper_source" not in agg.columns:
-        return None
-    matched = agg.filter(pl.col("paper_source").is_not_null())
+def paper_markdown(matched: pl.DataFrame) -> pl.DataFrame:
+    """Ours / paper (ours minus paper) for `paper.compare_with_paper`'s rows: configurations trained
+    in the supplement's setup, once per supplement row of theirs."""
     columns = _label_text(matched)
     columns["paper"] = matched["paper_source"]
     for metric, header, decimals in _metrics(matched):
@@ -107,6 +105,55 @@ def paper_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
             for m, p, d in zip(matched[f"{metric}_mean"], matched[f"paper_{metric}"], matched[f"diff_{metric}"])
         ], dtype=pl.String)
     return pl.DataFrame(columns)
+
+
+_EFFECT_NAMES = {"dead_gamma_pct": "dead filters (gamma)", "test_err": "test err"}
+
+
+def effects_markdown(effects: pl.DataFrame) -> pl.DataFrame:
+    """`paper.paper_effects` as text: the pair, the metric, the effect here with its interval and
+    seeds, the paper's effect and table, and whether the directions agree."""
+    here = [
+        "no value" if e is None else
+        (f"{e:+.1f}" if lo is None else f"{e:+.1f} [{lo:+.1f}, {hi:+.1f}]") + f" (n={nl} vs {nr})"
+        for e, lo, hi, nl, nr in effects.select("effect", "interval_low", "interval_high", "n_left", "n_right").rows()
+    ]
+    return pl.DataFrame({
+        "left vs right": [f"{a} vs {b}" for a, b in effects.select("left", "right").rows()],
+        "metric": effects["metric"].replace_strict(_EFFECT_NAMES, default=effects["metric"]),
+        "here": here,
+        "paper": [f"{p:+.1f} ({src})" for p, src in effects.select("paper_effect", "paper_source").rows()],
+        "direction": effects["agreement"],
+    })
+
+
+def _paper_section(agg: pl.DataFrame, per_seed: pl.DataFrame | None) -> list[str]:
+    """table.md's "Beside the paper": numbers against the rows of the same setup, directions elsewhere."""
+    reference = paper.load_reference()
+    matched = paper.compare_with_paper(agg, reference)
+    effects = paper.paper_effects(per_seed, reference) if per_seed is not None else None
+    mismatch = paper.setup_mismatch(agg, reference)
+    if matched.is_empty() and (effects is None or effects.is_empty()):
+        return []
+    parts = ["", "## Beside the paper", ""]
+    if not matched.is_empty():
+        parts += ["ours / paper (ours minus paper), against the supplement's rows of the same setup (dataset, "
+                  "BasicNet at full width, native image size, batch 40, 325 epochs with LR / 10 at 250, the "
+                  "paper's base LRs, no remedy, and the settings the row names); a configuration in two "
+                  "tables has a line for each.", "", markdown_table(paper_markdown(matched)), ""]
+    if mismatch:
+        outside = sum(not paper.same_setup(c, reference) for c in agg.select(results.CONFIG_COLUMNS).to_dicts())
+        parts += [f"{outside} of the {agg.height} configurations here were not trained in the supplement's "
+                  f"setup: {'; '.join(mismatch)}. No supplement row is theirs, so their numbers are not set "
+                  "beside the paper's.", ""]
+    if effects is not None and not effects.is_empty():
+        parts += [f"Effects here and in the paper, left minus right, in points, for pairs of configurations "
+                  f"that differ in one setting a supplement table varies. Here: mean over seeds with its "
+                  f"{stats.CONFIDENCE:.0%} interval (as in claims.md); paper: from its table (averages of 3 "
+                  "runs, possibly another setup). Only the directions are compared (`same`, `opposite`, "
+                  "`undecided` when our interval holds 0), never the sizes.", "",
+                  markdown_table(effects_markdown(effects)), ""]
+    return parts[:-1]
 
 
 # Implicit vs explicit pruning: the same trained networks, the same number of filters removed.
@@ -142,7 +189,7 @@ def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
                      how="horizontal")
 
 
-def write_tables(agg: pl.DataFrame, out: Path, sweep: str) -> None:
+def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFrame | None = None) -> None:
     _csv_frame(agg).write_csv(out / "table.csv")
     parts = [
         f"# {sweep}: results by configuration",
@@ -153,17 +200,7 @@ def write_tables(agg: pl.DataFrame, out: Path, sweep: str) -> None:
         "",
         markdown_table(results_markdown(agg)),
     ]
-    paper = paper_markdown(agg)
-    if paper is not None:
-        parts += [
-            "",
-            "## Beside the paper",
-            "",
-            "ours / paper (ours minus paper), against the supplement row named under `paper` "
-            "(a sweep on another dataset is set beside the CIFAR-10 rows).",
-            "",
-            markdown_table(paper),
-        ]
+    parts += _paper_section(agg, per_seed)
     pruning = pruning_markdown(agg)
     if pruning is not None:
         parts += [
@@ -179,13 +216,61 @@ def write_tables(agg: pl.DataFrame, out: Path, sweep: str) -> None:
     (out / "table.md").write_text("\n".join(parts) + "\n")
 
 
-def write_claims(claims: pl.DataFrame, out: Path, sweep: str) -> None:
-    lines = [f"# The paper's claims, checked on {sweep}", "",
-             "holds / fails / not testable, with the comparisons behind each verdict (sparsity: "
-             "total % dead by gamma, mean over seeds).", ""]
-    for row in claims.to_dicts():
-        lines += [f"{row['claim']}. **{row['status']}**: {row['text']}", f"   {row['evidence']}", ""]
-    (out / "claims.md").write_text("\n".join(lines))
+def _claims_method() -> list[str]:
+    """claims.md's reading guide; every number is the one the code uses."""
+    prior = stats.SEED_SPREAD[claims.SPARSITY]
+    return [
+        "How to read it:",
+        "",
+        "- A claim is tested by comparisons between configurations that differ only in the settings the claim "
+        "varies. Each gives both sides (the total % of filters dead by gamma at the last epoch: mean ± std over "
+        "seeds, n seeds), the effect (left minus right, in points) with its "
+        f"{stats.CONFIDENCE:.0%} confidence interval (two-sided), and a status: **holds** when the whole "
+        "interval clears the claim's threshold, **fails** when none of it does (the data contradict the claim "
+        "beyond noise), **inconclusive** when it straddles the threshold or no interval can be formed.",
+        "- Intervals: Welch's t interval over the seeds (scipy.stats.ttest_ind, equal_var=False) when both sides "
+        "have two seeds or more. Where the seeds give no spread (a side with one seed, or every seed equal on "
+        f"both sides), both sides are given a prior per-seed standard deviation of {prior:g} points of % dead "
+        "filters (the largest spread between seeds seen on 2-seed digits sweeps at 1/8 width: 1 to 3 points) "
+        "and a normal interval (scipy.stats.norm): one seed decides only an effect well beyond that spread. "
+        "Claim 8's change in test error has no prior: with one seed it is inconclusive.",
+        f"- Thresholds, from the paper's numbers: far more = more than {claims.FAR_MORE:g}x (claim 1); much "
+        f"fewer = under {claims.MUCH_LESS:g}x (claim 4); slightly = by at most {claims.SLIGHTLY:.0%} (claims 5 "
+        f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); more, "
+        "fewer, raises, lowers = the direction alone (threshold 0). Each *test* is a contrast that must be "
+        "above 0 (far more: adam - 2 x sgd > 0); *tested* gives its value and interval, the effect itself when "
+        "no side is scaled. \"Only slightly\" adds a second contrast, the bound on the change's size (after the "
+        "semicolon): the comparison holds when both hold and fails when either fails.",
+        "- Pairs in which neither side has a dead filter are left out (training too short to show a "
+        "direction); their number is given.",
+        f"- {claims.RULE}",
+        "- Comparisons marked *(not counted)* are shown for context and do not enter the verdict (claims.csv "
+        "still gives their status against the same test).",
+        "- claims.csv: a row per claim and per comparison, every number above; its `interval` column says how "
+        "an interval was made: " + "; ".join(f"`{k}`, {v}" for k, v in stats.INTERVAL_METHODS.items()) + ".",
+        "",
+    ]
+
+
+def write_claims(verdicts: pl.DataFrame, out: Path, sweep: str) -> None:
+    """claims.md (every claim: what the paper states and where, how it is tested, its verdict and
+    comparisons) and claims.csv (`claims.claims_table`)."""
+    lines = [f"# The paper's claims, checked on {sweep}", "", *_claims_method()]
+    for row in verdicts.to_dicts():
+        lines += [f"## {row['claim']}. {row['status']}: {row['text']}", "",
+                  f"Paper: {row['source']}", "", f"Tested: {row['test']}", "",
+                  f"Verdict: **{row['status']}**. {row['evidence']}."
+                  + (f" Note: {row['note']}." if row["note"] else ""), ""]
+        if row["comparisons"]:
+            table = pl.DataFrame([{
+                "comparison": c["comparison"], "left": c["left_text"], "right": c["right_text"],
+                "effect": c["effect_text"], "test": "; ".join(filter(None, (c["test"], c["bound"]))),
+                "tested": c["tested_text"],
+                "status": c["status"] if c["counted"] else "(not counted)",
+            } for c in row["comparisons"]])
+            lines += [markdown_table(table), ""]
+    (out / "claims.md").write_text("\n".join(lines).rstrip() + "\n")
+    claims.claims_table(verdicts).write_csv(out / "claims.csv")
 
 
 # --- figures and index -----------------------------------------------------------------------------
@@ -276,10 +361,10 @@ def build_report(
     target = Path(out) if out is not None else folder / "report"
     target.mkdir(parents=True, exist_ok=True)
     sweep = folder.resolve().name
-    agg = paper.compare_with_paper(agg, paper.load_reference())
+    per_seed = results.per_trial(tables.trials, tables.layers)
     lowgrad = _lowgrad_data(lowgrad_iterations)
-    verdicts = claims.check_claims(agg, lowgrad)
-    write_tables(agg, target, sweep)
+    verdicts = claims.check_claims(per_seed, lowgrad)
+    write_tables(agg, target, sweep, per_seed)
     write_claims(verdicts, target, sweep)
     pages = {
         "pareto.html": plots.pareto_figure(results.pareto_points(agg)),

@@ -1,4 +1,5 @@
-"""The report's data step on hand-made frames: aggregation over seeds, the paper beside it, the claims."""
+"""The report's data step on hand-made frames: aggregation over seeds and the figures' data (the paper
+beside it: test_paper.py; the claims: test_claims.py)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from orchestrator import claims, figures, paper, results
-from orchestrator.store import TABLES
-from sparsity_core.config import TrialConfig, alias_paths
-from sparsity_core.lowgrad import simulate_low_gradient
+from orchestrator import figures, results
+from tests.planted import frame, trial_row
 
 LAYERS = {"C1": 64, "C2": 128, "C3": 128, "C4": 256, "C5": 256, "C6": 512, "C7": 512}
-
-
-def trial_row(status: str = "ok", **settings: Any) -> dict[str, Any]:
-    """A trials-table row of a real TrialConfig (its settings under their aliases)."""
-    metrics = {k: settings.pop(k) for k in list(settings) if k in results.METRICS}
-    seed = settings.pop("seed", 0)
-    sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
-    for alias, value in settings.items():
-        section, leaf = alias_paths()[alias].split(".")
-        sections[section][leaf] = value
-    cfg = TrialConfig.model_validate({**sections, "seed": seed})
-    return {"trial_id": cfg.trial_id, "sweep": "t", "status": status, **cfg.flat(), "epochs_run": 2,
-            **{m: None for m in results.METRICS}, **metrics, "code_version": "v1",
-            "config_json": cfg.model_dump_json()}
-
-
-def frame(rows: list[dict[str, Any]], table: str) -> pl.DataFrame:
-    return pl.from_arrow(TABLES[table].empty_table()).vstack(
-        pl.DataFrame(rows, schema=pl.from_arrow(TABLES[table].empty_table()).schema))
 
 
 def layer_rows(trial_id: str, dead_by_epoch: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
@@ -92,164 +72,6 @@ def test_configurations_are_grouped_by_every_setting_but_seed() -> None:
     assert agg.height == 4 and set(agg["n_seeds"]) == {3}
     assert results.varying_settings(agg) == ["strength", "batch_size"]
     assert agg["config"][0] == "strength=0.0001 batch_size=40"
-
-
-def test_reference_tables_load_with_defaults() -> None:
-    ref = paper.load_reference()
-    assert ref.height == 8 + 8 + 5 + 18
-    t3 = ref.filter(pl.col("source").str.starts_with("supp. Table 3"))
-    assert set(t3["optimizer"]) == {"adam"} and set(t3["strength"]) == {1e-4} and set(t3["dataset"]) == {"cifar100"}
-    assert set(ref.filter(pl.col("source") == "supp. Table 1")["activation"]) == {"relu"}
-
-
-def test_compare_with_paper_matches_and_diffs(two_configs) -> None:
-    trials, layers = two_configs
-    agg = paper.compare_with_paper(results.aggregate(trials, layers), paper.load_reference())
-    adam = agg.row(0, named=True)
-    # digits/synthetic is no paper dataset: the CIFAR-10 table stands beside it
-    assert adam["paper_source"] == "supp. Table 1 cifar10"
-    assert adam["paper_test_err"] == 13.1 and adam["diff_test_err"] == pytest.approx(11.0 - 13.1)
-    assert adam["paper_C7"] == 98.0 and adam["diff_C7"] == pytest.approx(75.0 - 98.0)
-    assert agg.row(1, named=True)["paper_dead_gamma_pct"] == 27.0
-
-
-def test_compare_with_paper_respects_dataset_and_extra_keys() -> None:
-    ref = paper.load_reference()
-    base = dict(optimizer="adam", reg="l2", strength=1e-4, dataset="cifar100", root="/data", test_err=30.0)
-    rows = [
-        trial_row(**base),
-        trial_row(**base, activation="leaky_relu", negative_slope=0.1),
-        trial_row(**base, beta_init=1.0),
-        trial_row(**{**base, "optimizer": "adadelta"}),
-    ]
-    agg = paper.compare_with_paper(results.aggregate(frame(rows, "trials"), frame([], "layers")), ref)
-    by_config = {r["config"]: r for r in agg.to_dicts()}
-    sources = {k: v["paper_source"] for k, v in by_config.items()}
-    assert sources == {
-        "optimizer=adam activation=leaky_relu negative_slope=0.1 beta_init=0": "supp. Table 2 cifar100",
-        "optimizer=adam activation=relu negative_slope=0.01 beta_init=0": "supp. Table 2 cifar100",
-        "optimizer=adam activation=relu negative_slope=0.01 beta_init=1": "supp. Table 3 (beta_init_1.0) cifar100",
-        "optimizer=adadelta activation=relu negative_slope=0.01 beta_init=0": None,
-    }
-    leaky = by_config["optimizer=adam activation=leaky_relu negative_slope=0.1 beta_init=0"]
-    assert leaky["paper_test_err"] == 37.2
-
-
-def test_no_match_leaves_the_table_alone() -> None:
-    rows = [trial_row(optimizer="adadelta", reg="l2", strength=1e-3, test_err=1.0)]
-    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
-    assert paper.compare_with_paper(agg, paper.load_reference()).columns == agg.columns
-
-
-# --- claims ----------------------------------------------------------------------------------------
-
-
-def configs(specs: list[tuple[dict[str, Any], float]]) -> pl.DataFrame:
-    """An aggregated frame from (settings, % dead by gamma) pairs."""
-    rows = [trial_row(**settings, dead_gamma_pct=dead, test_err=10.0) for settings, dead in specs]
-    return results.aggregate(frame(rows, "trials"), frame([], "layers"))
-
-
-def claim(number: int, agg: pl.DataFrame) -> tuple[str, str]:
-    return next(c.check for c in claims.CLAIMS if c.number == number)(agg)
-
-
-def test_claim1_adaptive_vs_sgd() -> None:
-    holds = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 80.0),
-                     ({"optimizer": "sgd", "reg": "l2", "strength": 1e-3}, 27.0),
-                     ({"optimizer": "rmsprop", "reg": "l2", "strength": 1e-3}, 70.0)])
-    status, evidence = claim(1, holds)
-    assert status == "holds" and "2 of 2" in evidence and "80.0%" in evidence
-    fails = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 10.0),
-                     ({"optimizer": "sgd", "reg": "l2", "strength": 1e-3}, 27.0)])
-    assert claim(1, fails)[0] == "fails"
-    tie = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 0.0),
-                   ({"optimizer": "sgd", "reg": "l2", "strength": 1e-3}, 0.0)])
-    assert claim(1, tie)[0] == "not testable"
-    # different strengths are not "the same strength"
-    apart = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 80.0),
-                     ({"optimizer": "sgd", "reg": "l2", "strength": 1e-4}, 27.0)])
-    assert claim(1, apart)[0] == "not testable"
-
-
-def test_claim2_l2_vs_wd_at_similar_strength() -> None:
-    agg = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-4}, 70.0),
-                   ({"optimizer": "adam", "reg": "wd", "strength": 2e-4}, 60.0),
-                   ({"optimizer": "adam", "reg": "wd", "strength": 1e-2}, 99.0)])  # not similar: ignored
-    status, evidence = claim(2, agg)
-    assert status == "holds" and "1 of 1" in evidence
-    assert claim(2, configs([({"optimizer": "sgd", "reg": "l2", "strength": 1e-4}, 1.0),
-                             ({"optimizer": "sgd", "reg": "wd", "strength": 1e-4}, 1.0)]))[0] == "not testable"
-
-
-def test_claim3_strength_trend() -> None:
-    rising = configs([({"optimizer": o, "reg": "l2", "strength": s}, d)
-                      for o, series in (("adam", (0.0, 47.0, 95.0)), ("sgd", (0.0, 0.0, 9.0)))
-                      for s, d in zip((1e-6, 1e-4, 1e-2), series)])
-    status, evidence = claim(3, rising)
-    assert status == "holds" and "2 of 2" in evidence
-    falling = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-4}, 50.0),
-                       ({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 40.0)])
-    assert claim(3, falling)[0] == "fails"
-    flat = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-4}, 50.0),
-                    ({"optimizer": "adam", "reg": "l2", "strength": 1e-3}, 50.0)])
-    assert claim(3, flat)[0] == "fails"  # no more sparsity at all
-    # nothing died anywhere (e.g. too few epochs): the data cannot show a direction
-    none_dead = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-6}, 0.0),
-                         ({"optimizer": "adam", "reg": "l2", "strength": 1e-5}, 0.0)])
-    status, evidence = claim(3, none_dead)
-    assert status == "not testable" and "no dead filters" in evidence
-
-
-def test_claim7_batch_size_and_untestable() -> None:
-    agg = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-4, "batch_size": b}, d)
-                   for b, d in ((40, 50.0), (80, 40.0), (160, 30.0))])
-    assert claim(7, agg)[0] == "holds"
-    assert claim(7, configs([({"optimizer": "adam"}, 1.0)]))[0] == "not testable"
-
-
-def test_claims_4_5_6_8() -> None:
-    agg = configs([({"optimizer": "adam", "reg": "l2", "strength": 1e-4}, 47.0),
-                   ({"optimizer": "amsgrad", "reg": "l2", "strength": 1e-4}, 13.0),
-                   ({"optimizer": "adam", "reg": "l2", "strength": 1e-4, "activation": "leaky_relu"}, 41.0),
-                   ({"optimizer": "adam", "reg": "l2", "strength": 1e-4, "beta_init": 1.0}, 53.0),
-                   ({"optimizer": "adam", "reg": "l2", "strength": 1e-4, "gamma_lr_scale": 0.1}, 33.0),
-                   ({"optimizer": "adam", "reg": "l2", "strength": 1e-4, "beta_lr_scale": 0.1}, 51.0)])
-    assert claim(4, agg)[0] == "holds"
-    assert claim(5, agg)[0] == "holds"
-    status, evidence = claim(6, agg)
-    assert status == "holds" and "beta_init" in evidence and "gamma_lr_scale" in evidence
-    assert claim(8, agg)[0] == "not testable"
-    pruned = trial_row(optimizer="adam", test_err=13.1, pruned_test_err=13.5, conv_params_pruned_pct=97.0)
-    status, evidence = claim(8, results.aggregate(frame([pruned], "trials"), frame([], "layers")))
-    assert status == "holds" and "97%" in evidence
-
-
-def test_check_claims_lists_every_claim() -> None:
-    table = claims.check_claims(configs([({"optimizer": "adam"}, 1.0)]))
-    assert table["claim"].to_list() == list(range(1, 10))
-    assert set(table["status"]) == {"not testable"}
-
-
-def test_low_gradient_claim9_direction() -> None:
-    """Adam, RMSProp and Adamax drive the scalar to ~0 far faster than SGD (supplement Fig. 3): at
-    L2 1e-4 they settle within 4000 steps while SGD's scalar is still far from 0; at 1e-3, where SGD
-    decays too, they are still sooner."""
-    sim = figures.lowgrad_frame(simulate_low_gradient(
-        strengths=(1e-3, 1e-4), optimizers=("sgd", "adam", "rmsprop", "adamax"), iterations=4000, record_every=20))
-    decay = {(r["optimizer"], r["strength"]): r["iters_to_zero"] for r in claims.lowgrad_decay(sim).to_dicts()}
-    assert decay[("sgd", 1e-4)] is None  # SGD's scalar is still far from 0 after 4000 steps
-    for optimizer in ("adam", "rmsprop", "adamax"):
-        assert decay[(optimizer, 1e-4)] is not None and decay[(optimizer, 1e-4)] < 4000
-        assert decay[(optimizer, 1e-3)] < decay[("sgd", 1e-3)]
-    status, evidence = claims.claim9_low_gradient(sim)
-    assert status in ("holds", "fails") and "adam L2 0.0001" in evidence
-
-
-def test_lowgrad_decay_settles_only_when_it_stays() -> None:
-    df = pl.DataFrame({"optimizer": ["x"] * 5, "strength": [1e-4] * 5, "iteration": [0, 1, 2, 3, 4],
-                       "value": [1.0, 0.01, 0.2, 0.01, 0.0]})
-    assert claims.lowgrad_decay(df)["iters_to_zero"].to_list() == [3]
 
 
 # --- figure data -----------------------------------------------------------------------------------

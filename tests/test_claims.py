@@ -1,0 +1,253 @@
+"""The claims' verdicts from per-seed values: planted results tables for every claim and status, the
+statistics behind them, claim 9 on the real simulation, and a report of results written by 0.1.0."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from scipy import stats as scipy_stats
+
+from orchestrator import claims, figures, report, stats
+from sparsity_core.lowgrad import simulate_low_gradient
+from tests.planted import per_seed, seeds, trial_row
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-0.1.0" / "quick"
+ADAM_L2 = {"optimizer": "adam", "reg": "l2", "strength": 1e-3}
+
+
+def verdict(rows: list[dict[str, Any]], number: int) -> dict[str, Any]:
+    """The claim's row of `check_claims` on planted trial rows (no simulation)."""
+    table = claims.check_claims(per_seed(rows))
+    return table.filter(pl.col("claim") == number).row(0, named=True)
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+def test_welch_interval_is_scipys() -> None:
+    left, right = stats.Sample.of([80.0, 82.0, 85.0]), stats.Sample.of([20.0, 24.0])
+    got = stats.difference(left, right)
+    want = scipy_stats.ttest_ind([80.0, 82.0, 85.0], [20.0, 24.0], equal_var=False).confidence_interval(0.95)
+    assert got.method == "welch" and (got.low, got.high) == pytest.approx((want.low, want.high))
+    assert got.effect == pytest.approx(82.333 - 22.0, abs=1e-3)
+    # a scaled side: the interval of mean(left) - 2 x mean(right)
+    scaled = stats.difference(left, right, 2.0)
+    assert scaled.effect == pytest.approx(82.333 - 44.0, abs=1e-3) and scaled.high - scaled.low > got.high - got.low
+
+
+def test_one_seed_uses_the_prior_spread_or_gives_no_interval() -> None:
+    one, other = stats.Sample.of([20.0]), stats.Sample.of([10.0])
+    prior = stats.difference(one, other, prior=3.0)
+    half = scipy_stats.norm.ppf(0.975) * 3.0 * 2**0.5
+    assert prior.method == "prior" and (prior.low, prior.high) == pytest.approx((10.0 - half, 10.0 + half))
+    assert stats.difference(one, other).method == "none" and stats.above(stats.difference(one, other)) == "inconclusive"
+    # seeds without any spread on either side: the prior too (two seeds cannot show there is none)
+    assert stats.difference(stats.Sample.of([5.0, 5.0]), stats.Sample.of([1.0, 1.0]), prior=3.0).method == "prior"
+    assert stats.mean_of(stats.Sample.of([0.0, 0.0])).method == "exact"
+
+
+def test_statuses_against_a_threshold_and_a_margin() -> None:
+    interval = stats.Interval(5.0, 1.0, 9.0, "welch")
+    assert stats.above(interval) == "holds" and stats.above(interval, 9.0) == "fails"
+    assert stats.above(interval, 4.0) == "inconclusive"
+    assert stats.within(stats.Interval(0.1, -0.2, 0.4, "t"), 0.5) == "holds"
+    assert stats.within(stats.Interval(0.6, 0.5, 0.7, "t"), 0.5) == "fails"
+    assert stats.within(stats.Interval(0.3, -0.2, 0.8, "t"), 0.5) == "inconclusive"
+
+
+# --- every status, from planted per-seed values ----------------------------------------------------
+
+
+def test_holds_fails_inconclusive_and_mixed() -> None:
+    sgd = {**ADAM_L2, "optimizer": "sgd"}
+    assert verdict(seeds([(ADAM_L2, [80, 82, 84]), (sgd, [20, 22, 24])]), 1)["status"] == "holds"
+    assert verdict(seeds([(ADAM_L2, [10, 11, 12]), (sgd, [30, 31, 32])]), 1)["status"] == "fails"
+    within_noise = verdict(seeds([(ADAM_L2, [20, 26]), (sgd, [18, 24])]), 1)
+    assert within_noise["status"] == "inconclusive"
+    assert "inconclusive: optimizer=adam vs optimizer=sgd" in within_noise["evidence"]
+    # one series rises with strength, the other falls: mixed, the failing one named
+    mixed = verdict(seeds([({**ADAM_L2, "strength": 1e-4}, [10, 11, 12]), (ADAM_L2, [50, 51, 52]),
+                           ({**sgd, "strength": 1e-4}, [30, 31, 32]), (sgd, [10, 11, 12])]), 3)
+    assert mixed["status"] == "mixed"
+    assert "1 of 2" in mixed["evidence"]
+    assert "fails: strength=0.001 vs strength=0.0001 at optimizer=sgd" in mixed["evidence"]
+    # one holds, one undecided: inconclusive, not holds
+    partly = verdict(seeds([({**ADAM_L2, "strength": 1e-4}, [10, 11, 12]), (ADAM_L2, [50, 51, 52]),
+                            ({**sgd, "strength": 1e-4}, [20, 26]), (sgd, [22, 28])]), 3)
+    assert partly["status"] == "inconclusive"
+    assert verdict(seeds([(ADAM_L2, [1.0])]), 1)["status"] == "not testable"
+
+
+def test_one_seed_decides_only_beyond_the_prior_spread() -> None:
+    """The quick sweep's case: one seed a side. A difference within the 1-3 point seed spread is
+    never a failure; one far beyond it is decided."""
+    wd = {**ADAM_L2, "reg": "wd"}
+    assert verdict(seeds([(ADAM_L2, [15.5]), (wd, [15.9])]), 2)["status"] == "inconclusive"
+    assert verdict(seeds([(ADAM_L2, [15.5]), (wd, [16.5])]), 2)["status"] == "inconclusive"
+    assert verdict(seeds([(ADAM_L2, [40.0]), (wd, [12.0])]), 2)["status"] == "holds"
+    assert verdict(seeds([(ADAM_L2, [5.0]), (wd, [30.0])]), 2)["status"] == "fails"
+
+
+# Per claim: (the side the paper expects higher, the other, a shared base, values that hold). Reversed
+# beyond noise: the higher side at 10-12, the other at 30-32. Within noise: 20, 26 against 18, 24.
+STRONG = ([80.0, 82.0, 84.0], [20.0, 22.0, 24.0])
+CASES = {
+    "1 adam vs sgd": (1, ADAM_L2, {**ADAM_L2, "optimizer": "sgd"}, STRONG),
+    "2 l2 vs wd": (2, {**ADAM_L2, "strength": 1e-4}, {**ADAM_L2, "reg": "wd", "strength": 2e-4}, STRONG),
+    "3 strength": (3, {**ADAM_L2, "optimizer": "rmsprop"}, {**ADAM_L2, "optimizer": "rmsprop", "strength": 1e-6},
+                   STRONG),
+    "4 amsgrad": (4, {**ADAM_L2, "strength": 1e-4}, {**ADAM_L2, "optimizer": "amsgrad", "strength": 1e-4},
+                  ([46.0, 47.0, 48.0], [12.0, 13.0, 14.0])),
+    "5 leaky relu": (5, ADAM_L2, {**ADAM_L2, "activation": "leaky_relu"}, ([47.0, 47.5, 48.0], [41.0, 41.5, 42.0])),
+    "6 beta init": (6, {**ADAM_L2, "beta_init": 1.0}, ADAM_L2, ([52.0, 53.0, 54.0], [45.0, 46.0, 47.0])),
+    "6 gamma lr": (6, ADAM_L2, {**ADAM_L2, "gamma_lr_scale": 0.1}, ([45.0, 46.0, 47.0], [32.0, 33.0, 34.0])),
+    "6 beta lr": (6, {**ADAM_L2, "beta_lr_scale": 0.1}, ADAM_L2, ([50.5, 51.0, 51.5], [45.5, 46.0, 46.5])),
+    "7 batch size": (7, {**ADAM_L2, "batch_size": 40, "reference_batch_size": 40},
+                     {**ADAM_L2, "batch_size": 80, "reference_batch_size": 40}, STRONG),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_claim_holds_reverses_and_stays_within_noise(case: str) -> None:
+    number, high, low, holding = CASES[case]
+    for values, expected in ((holding, "holds"), (([10.0, 11.0, 12.0], [30.0, 31.0, 32.0]), "fails"),
+                             (([20.0, 26.0], [18.0, 24.0]), "inconclusive")):
+        got = verdict(seeds([(high, values[0]), (low, values[1])]), number)
+        assert got["status"] == expected, (case, expected, got["evidence"])
+        assert len(got["comparisons"]) == 1
+
+
+def test_slightly_has_an_upper_bound() -> None:
+    """Leaky ReLU that halves the dead filters lowers them, but not slightly: fails."""
+    leaky = {**ADAM_L2, "activation": "leaky_relu"}
+    row = verdict(seeds([(ADAM_L2, [47.0, 47.5, 48.0]), (leaky, [23.0, 23.5, 24.0])]), 5)
+    (comparison,) = row["comparisons"]
+    assert row["status"] == "fails" and comparison["tested_low"] > 0 and comparison["bounded_high"] < 0
+
+
+def test_a_difference_smaller_than_the_seed_spread_never_fails() -> None:
+    """Two seeds, half a point apart against a 2-point spread: no claim fails."""
+    for number, high, low, _ in CASES.values():
+        got = verdict(seeds([(high, [15.0, 18.0]), (low, [14.5, 17.5])]), number)
+        assert got["status"] == "inconclusive", (number, got["evidence"])
+        got = verdict(seeds([(high, [14.5, 17.5]), (low, [15.0, 18.0])]), number)
+        assert got["status"] == "inconclusive", (number, got["evidence"])
+
+
+def test_any_strength_is_compared_and_only_like_with_like() -> None:
+    amsgrad = {**ADAM_L2, "optimizer": "amsgrad"}
+    row = verdict(seeds([(ADAM_L2, [60, 61, 62]), (amsgrad, [10, 11, 12])]), 4)  # at 1e-3, not the paper's 1e-4
+    assert row["status"] == "holds" and "strength" not in row["comparisons"][0]["comparison"]
+    apart = seeds([(ADAM_L2, [60, 61, 62]), ({**amsgrad, "strength": 1e-4}, [10, 11, 12])])
+    assert verdict(apart, 4)["status"] == "not testable"  # different strengths are not paired
+    # batch sizes at unequal iterations (no reference_batch_size) are not the paper's comparison
+    batches = seeds([({**ADAM_L2, "batch_size": 40}, [60, 61, 62]), ({**ADAM_L2, "batch_size": 80}, [10, 11, 12])])
+    assert verdict(batches, 7)["status"] == "not testable"
+    # no dead filter on either side: left out and counted, the claim not testable
+    row = verdict(seeds([({**ADAM_L2, "strength": 1e-6}, [0, 0]), ({**ADAM_L2, "strength": 1e-5}, [0, 0])]), 3)
+    assert row["status"] == "not testable" and "no dead filters on either side" in row["note"]
+
+
+def test_claim8_counts_only_configurations_with_filters_removed() -> None:
+    def rows(settings: dict, errors: list[float], pruned: list[float], removed: float) -> list[dict]:
+        return [trial_row(**settings, seed=s, test_err=e, pruned_test_err=p, conv_params_pruned_pct=removed,
+                          dead_gamma_pct=removed) for s, (e, p) in enumerate(zip(errors, pruned))]
+
+    sgd = {**ADAM_L2, "optimizer": "sgd"}
+    unchanged = rows(ADAM_L2, [10, 11, 12], [10.1, 11.0, 12.2], 90.0) + rows(sgd, [20, 21], [25, 30], 0.0)
+    row = verdict(unchanged, 8)
+    assert row["status"] == "holds" and row["note"] == "1 of 2 configurations had dead filters removed"
+    assert [c["comparison"] for c in row["comparisons"]] == ["optimizer=adam: 90.0% of conv params removed"]
+    assert verdict(rows(ADAM_L2, [10, 11, 12], [13.0, 14.2, 15.1], 90.0), 8)["status"] == "fails"
+    assert verdict(rows(ADAM_L2, [10, 11], [10.0, 10.9], 90.0), 8)["status"] == "inconclusive"
+    assert verdict(rows(ADAM_L2, [10], [10.0], 90.0), 8)["status"] == "inconclusive"  # one seed: no interval
+    nothing = verdict(rows(ADAM_L2, [10, 11], [10, 11], 0.0), 8)
+    assert nothing["status"] == "not testable" and nothing["note"] == "0 of 1 configurations had dead filters removed"
+
+
+def test_claim10_waits_for_the_explicit_pruning_pipelines() -> None:
+    row = verdict(seeds([(ADAM_L2, [50.0])]), 10)
+    assert row["status"] == "not testable" and "not testable yet" in row["evidence"]
+
+
+# --- claim 9: the low-gradient simulation ----------------------------------------------------------
+
+
+def claim9(lowgrad: pl.DataFrame) -> dict[str, Any]:
+    table = claims.check_claims(per_seed(seeds([(ADAM_L2, [1.0])])), lowgrad)
+    return table.filter(pl.col("claim") == 9).row(0, named=True)
+
+
+@pytest.fixture(scope="module")
+def simulation() -> pl.DataFrame:
+    return figures.lowgrad_frame(simulate_low_gradient())  # the report's default: 10,000 iterations
+
+
+def test_claim9_holds_on_the_real_simulation(simulation: pl.DataFrame) -> None:
+    row = claim9(simulation)
+    assert row["status"] == "holds", row["evidence"]
+    by_name = {c["comparison"]: c for c in row["comparisons"]}
+    counted = {name for name, c in by_name.items() if c["counted"]}
+    assert counted == {f"{o} vs sgd at L2 {s}" for o in ("adam", "rmsprop", "adamax") for s in ("0.0001", "1e-05")} \
+        | {f"amsgrad vs adam at L2 {s}: dampened" for s in ("0.001", "0.0001", "1e-05")}
+    # the supplement says nothing quantitative on Adagrad / Adadelta, nor claims 1e-3: shown, not counted
+    assert not by_name["adagrad vs sgd at L2 0.0001"]["counted"] and not by_name["adam vs sgd at L2 0.001"]["counted"]
+    adam = by_name["adam vs sgd at L2 0.0001"]
+    assert adam["left_mean"] == 1620 and adam["right_mean"] is None and adam["effect"] == pytest.approx(10_000 / 1620)
+    assert adam["tested"] > claims.SGD_KEEPS  # SGD still holds most of the scalar when Adam has it at ~0
+    assert by_name["adam vs sgd at L2 0.001"]["right_mean"] == 2980
+    assert "deterministic" in row["note"]
+
+
+def test_claim9_is_never_failed_by_a_short_simulation() -> None:
+    short = figures.lowgrad_frame(simulate_low_gradient(iterations=300, record_every=10))
+    row = claim9(short)
+    assert row["status"] == "inconclusive"
+
+
+def test_lowgrad_decay_settles_only_when_it_stays() -> None:
+    df = pl.DataFrame({"optimizer": ["x"] * 5, "strength": [1e-4] * 5, "iteration": [0, 1, 2, 3, 4],
+                       "value": [1.0, 0.01, 0.2, 0.01, 0.0]})
+    assert claims.lowgrad_decay(df)["iters_to_zero"].to_list() == [3]
+
+
+# --- claims.csv and a report of 0.1.0 results ------------------------------------------------------
+
+
+def test_claims_table_has_a_row_per_claim_and_per_comparison() -> None:
+    sgd = {**ADAM_L2, "optimizer": "sgd"}
+    table = claims.claims_table(claims.check_claims(per_seed(seeds([(ADAM_L2, [80, 82]), (sgd, [20, 22])]))))
+    assert table.filter(pl.col("comparison").is_null())["claim"].to_list() == list(range(1, 11))
+    row = table.filter(pl.col("claim") == 1, pl.col("comparison").is_not_null()).row(0, named=True)
+    assert (row["left_mean"], row["left_n"], row["right_mean"], row["right_n"]) == (81.0, 2, 21.0, 2)
+    assert row["effect"] == 60.0 and row["interval"] == "welch" and row["interval_low"] < 60 < row["interval_high"]
+    assert row["test"] == "adam - 2 x sgd > 0" and row["tested"] == 39.0 and row["status"] == "holds" and row["counted"]
+
+
+def test_report_of_0_1_0_results(tmp_path: Path) -> None:
+    """The shipped quick sweep as the 0.1.0 store wrote it: one seed, digits. The report reads it,
+    decides nothing seed noise could flip, and sets no CIFAR number beside it."""
+    sweep = tmp_path / "quick"
+    shutil.copytree(FIXTURE, sweep)
+    out = report.build_report(sweep, tmp_path / "report")
+    text = (out / "claims.md").read_text()
+    status = {int(line[3:].split(".")[0]): line.split(": ", 1)[0].split(". ", 1)[1]
+              for line in text.splitlines() if line.startswith("## ")}
+    assert status == {1: "inconclusive", 2: "inconclusive", 3: "not testable", 4: "not testable",
+                      5: "not testable", 6: "not testable", 7: "not testable", 8: "inconclusive", 9: "holds",
+                      10: "not testable"}
+    assert "95% confidence interval" in text and "prior per-seed standard deviation of 3 points" in text
+    csv = pl.read_csv(out / "claims.csv")
+    assert dict(csv.filter(pl.col("comparison").is_null()).select("claim", "status").rows()) == status
+    assert csv.filter(pl.col("claim") == 8, pl.col("comparison").is_not_null()).height == 4
+    table = (out / "table.md").read_text()
+    paper_part = table.split("## Beside the paper", 1)[1].split("## Implicit", 1)[0]
+    assert "were not trained in the supplement's setup: dataset=digits" in paper_part
+    assert "ours / paper" not in paper_part
+    assert "| optimizer=adam reg=l2 vs optimizer=sgd reg=l2 | dead filters (gamma) | +14.2 [+5.9, +22.5] (n=1 vs 1) " \
+           "| +56.0 (supp. Table 1 cifar10) | same |" in paper_part
+    assert not any(c.startswith(("paper_", "diff_")) for c in pl.read_csv(out / "table.csv").columns)
