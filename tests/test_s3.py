@@ -7,9 +7,11 @@ import polars as pl
 import pyarrow.fs as pafs
 import pytest
 
+from orchestrator import report, results
 from orchestrator.store import ResultStore
 
 from .integration import TINY, run_cli, write_sweep
+from .test_report import OLD_RESULTS, RUNS, write_trial
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]'")
 
@@ -86,3 +88,46 @@ def test_cli_sweep_writes_results_and_checkpoints_to_s3(endpoint, aws_env, tmp_p
     assert all("?" not in key and key.startswith(f"{BUCKET}/cli/tiny/") for key in keys)
     # Tune's storage is the same bucket: the worker uploaded the trial's checkpoint there.
     assert any("/_tune/" in key and f"/{trial_id}/checkpoint_" in key for key in keys), keys
+
+
+def test_report_straight_from_s3(endpoint, aws_env, tmp_path, monkeypatch):
+    """A sweep written to S3 through the store is reported from its URI; the report lands in the
+    local report/<sweep>/."""
+    root = f"s3://{BUCKET}/reports?endpoint_override={endpoint}&scheme=http"
+    store = ResultStore(root, "demo")
+    for optimizer, strength in RUNS:
+        for seed in (0, 1):
+            write_trial(store, optimizer, strength, seed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert report.main([store.uri, "--lowgrad-iterations", "100"]) == 0
+    out = tmp_path / "report" / "demo"
+    assert {"index.html", "table.md", report.PLOTLY_JS, *report.FIGURES} <= {p.name for p in out.iterdir()}
+    local = ResultStore(str(tmp_path / "local"), "demo")
+    for optimizer, strength in RUNS:
+        for seed in (0, 1):
+            write_trial(local, optimizer, strength, seed)
+    # the same numbers as from a local folder
+    assert (out / "table.csv").read_text() == (report.build_report(local.path, lowgrad_iterations=100)
+                                                / "table.csv").read_text()
+
+
+def test_report_of_old_results_on_s3(endpoint, aws_env, tmp_path, monkeypatch):
+    """Files of version 0.1.0 (another timestamp unit) read through S3 as they do locally."""
+    store = ResultStore(f"s3://{BUCKET}/old?endpoint_override={endpoint}&scheme=http", "quick")
+    for path in sorted(OLD_RESULTS.rglob("*.parquet")):
+        with store.fs.open_output_stream(f"{store.path}/{path.relative_to(OLD_RESULTS).as_posix()}") as f:
+            f.write(path.read_bytes())
+    remote = results.load_results(store.uri)
+    local = results.load_results(OLD_RESULTS)
+    assert remote.trials.sort("trial_id").equals(local.trials.sort("trial_id"))
+    assert remote.epochs.collect().sort("trial_id", "epoch").equals(local.epochs.collect().sort("trial_id", "epoch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = report.build_report(store.uri, tmp_path / "out", lowgrad_iterations=100)
+    assert "| adam | l2 |" in (out / "table.md").read_text()
+
+
+def test_report_of_a_missing_sweep_on_s3_is_bad_input(endpoint, aws_env, capsys):
+    assert report.main([f"s3://{BUCKET}/nowhere/sweep?endpoint_override={endpoint}&scheme=http"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such results folder" in err and err.count("\n") == 1
