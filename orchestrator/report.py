@@ -338,11 +338,13 @@ def build_report(
             counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
             raise ReportError(f"{sweep_dir}: no trial finished ok ({counts}); see the `error` column of "
                               "trials/*.parquet, fix the cause and run the sweep again")
-        known = figures.snapshot_layers(tables.filters)
+        # the network's conv layers, from the final per-layer counts already read (every finished
+        # trial snapshots its filters at its last epoch, so the filters table has the same ones)
+        known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
         unknown = [layer for layer in layers or () if layer not in known]
         if unknown:
-            raise ReportError(f"--layers {','.join(unknown)}: not in the sweep's filters table; "
-                              f"valid: {', '.join(known) or 'none (no per-filter snapshots)'}")
+            raise ReportError(f"--layers {','.join(unknown)}: not a conv layer of the sweep; "
+                              f"valid: {', '.join(known) or 'none (no per-layer counts)'}")
         chosen = list(layers) if layers else figures.default_layers(known)
         agg = paper.compare_with_paper(agg, paper.load_reference())
         lowgrad = lowgrad_data(lowgrad_iterations)
