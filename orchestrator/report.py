@@ -38,7 +38,7 @@ import pyarrow.fs as pafs  # noqa: E402
 from orchestrator import claims, figures, paper, plots, results  # noqa: E402
 from orchestrator.store import ResultStore  # noqa: E402
 
-__all__ = ["ReportError", "build_report", "default_out", "lowgrad_data", "write_lowgrad", "markdown_table", "main"]
+__all__ = ["ReportError", "build_report", "lowgrad_data", "write_lowgrad", "markdown_table", "main"]
 
 FIGURES = ("pareto.html", "layers.html", "trajectories.html", "gamma_beta.html", "universality.html",
            "lowgrad.html")
@@ -312,7 +312,7 @@ def _open(source: str | Path) -> ResultStore:
     return store
 
 
-def default_out(store: ResultStore) -> Path:
+def _default_out(store: ResultStore) -> Path:
     """Where a report goes without --out: `<sweep folder>/report`, or for results elsewhere (S3)
     the local folder `report/<sweep>`."""
     return Path(store.path) / "report" if store.is_local else Path("report") / store.sweep
@@ -326,7 +326,7 @@ def build_report(
     lowgrad_iterations: int = 10_000,
 ) -> Path:
     """Write every report file for the sweep at `sweep_dir` (a folder or a URI; see
-    `results.open_sweep`) into the local folder `out` (default: `default_out`). Every table and
+    `results.open_sweep`) into the local folder `out` (default: `_default_out`). Every table and
     figure is computed before the first file is written."""
     if out is not None and "://" in str(out):
         raise ReportError(f"--out {out}: the report is written to a local folder; pass a path (e.g. report/)")
@@ -363,7 +363,7 @@ def build_report(
         raise ReportError(f"{sweep_dir}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
                           "re-run the sweep's failed trials or remove the damaged files") from None
 
-    target = Path(out) if out is not None else default_out(store)
+    target = Path(out) if out is not None else _default_out(store)
     target.mkdir(parents=True, exist_ok=True)
     write_tables(agg, target, store.sweep)
     write_claims(verdicts, target, store.sweep)

@@ -243,6 +243,12 @@ def test_results_of_version_0_1_0_still_report(tmp_path: Path) -> None:
     assert traj["config"].n_unique() == 4 and traj["epoch"].max() == 300
 
 
+def test_unreadable_uri_is_bad_input(capsys) -> None:
+    assert report.main(["nosuchscheme://bucket/sweep"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot open it" in err and err.count("\n") == 1
+
+
 def test_out_must_be_local(sweep_dir: Path, capsys) -> None:
     assert report.main([str(sweep_dir), "--out", "s3://bucket/report"]) == 2
     assert "local folder" in capsys.readouterr().err
