@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from sparsity_core.optim import OPTIMIZERS
+from sparsity_core.config import PAPER_LRS
 
 from .claims import configurations, pairs
 from .results import CONFIG_COLUMNS, METRICS, format_setting
@@ -107,7 +107,7 @@ def _setup_misses(config: dict[str, Any], datasets: set[str]) -> dict[str, Any]:
     misses = {k: config[k] for k, accepted in SETUP.items() if config[k] not in accepted}
     if config["dataset"] not in datasets:
         misses["dataset"] = config["dataset"]
-    if config["lr"] is not None and not _same(config["lr"], OPTIMIZERS[config["optimizer"]].lr):
+    if config["lr"] is not None and not _same(config["lr"], PAPER_LRS[config["optimizer"]]):
         misses["lr"] = config["lr"]
     return misses
 

@@ -1,9 +1,13 @@
 """Write a sweep's report: `python orchestrator/report.py RESULTS/<sweep>` -> `RESULTS/<sweep>/report/`.
 
+The sweep's results are read where they live: a folder (`results/quick`) or any URI the store writes
+(`s3://bucket/prefix/quick?endpoint_override=host:9000&scheme=http`, credentials from the AWS_*
+variables); a remote sweep's report goes to the local folder `report/<sweep>/` unless `--out` says.
 Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
 a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
-on the per-seed values), pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html
-and index.html linking them. Every HTML page embeds plotly.js, so it opens with no network.
+on the per-seed values), pareto.html, layers.html, trajectories.html, gamma_beta.html,
+universality.html, lowgrad.html and index.html linking them. The pages share one plotly.min.js
+written beside them, so the folder opens with no network.
 
 `python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
 Exit codes: 0 written, 2 bad input (nothing written).
@@ -12,23 +16,33 @@ Exit codes: 0 written, 2 bad input (nothing written).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
+import importlib.util
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import plotly.graph_objects as go  # noqa: E402
+import plotly.offline  # noqa: E402
 import polars as pl  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
 
 from orchestrator import claims, figures, paper, plots, results, stats  # noqa: E402
-from sparsity_core.lowgrad import simulate_low_gradient  # noqa: E402
+from orchestrator.store import ResultStore  # noqa: E402
 
-__all__ = ["ReportError", "build_report", "write_lowgrad", "markdown_table", "main"]
+__all__ = ["ReportError", "build_report", "lowgrad_data", "write_lowgrad", "markdown_table", "main"]
 
-FIGURES = ("pareto.html", "layers.html", "gamma_beta.html", "universality.html", "lowgrad.html")
+FIGURES = ("pareto.html", "layers.html", "trajectories.html", "gamma_beta.html", "universality.html",
+           "lowgrad.html")
+PLOTLY_JS = "plotly.min.js"
 # Table columns: (metric, header, decimals). Percentages and errors in percent, losses as they are.
 _COLUMNS = (
     ("train_loss", "train loss", 2),
@@ -184,7 +198,7 @@ def pruning_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
 
 def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
     """table.csv: the varying settings as row labels, then every number, then provenance."""
-    numbers = [c for c in agg.columns if c.endswith(("_mean", "_std")) or c.startswith(("paper_", "diff_"))]
+    numbers = [c for c in agg.columns if c.endswith(("_mean", "_std"))]
     return pl.concat([_labels(agg), agg.select("config", "n_seeds", *numbers, "trial_ids", "code_versions")],
                      how="horizontal")
 
@@ -276,30 +290,66 @@ def write_claims(verdicts: pl.DataFrame, out: Path, sweep: str) -> None:
 # --- figures and index -----------------------------------------------------------------------------
 
 
-def _write_figure(fig: go.Figure, path: Path) -> None:
-    # plotly.js inline in every page: reports are read offline, and a page may be sent on alone.
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+def _write_pages(pages: Mapping[str, go.Figure], folder: Path) -> None:
+    # One plotly.js beside the pages (4.8 MB, not a copy in each), loaded by a relative path: the
+    # folder opens with no network. Rewritten every time, so it is the plotly the pages were drawn by.
+    (folder / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    for name, fig in pages.items():
+        fig.write_html(folder / name, include_plotlyjs=PLOTLY_JS, full_html=True)
 
 
-def _lowgrad_data(iterations: int) -> pl.DataFrame:
-    return figures.lowgrad_frame(simulate_low_gradient(iterations=iterations))
+# What the simulation's result depends on, besides its iterations: its code, the optimizers' code
+# (their default LRs live there) and torch.
+_LOWGRAD_CODE = ("sparsity_core.lowgrad", "sparsity_core.optim")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "filter-sparsity"
+
+
+def lowgrad_data(iterations: int = 10_000) -> pl.DataFrame:
+    """The low-gradient simulation (`figures.lowgrad_frame`), computed once per iterations count and
+    version of its code and of torch, then read from a small cache file under
+    `$XDG_CACHE_HOME/filter-sparsity/` (default `~/.cache`): its result never changes, and computing
+    it costs seconds and importing torch (~650 MB). No writable cache: computed every time."""
+    key = hashlib.sha256(json.dumps({"iterations": iterations, "torch": metadata.version("torch")}).encode())
+    for module in _LOWGRAD_CODE:
+        key.update(Path(importlib.util.find_spec(module).origin).read_bytes())
+    path = _cache_dir() / f"lowgrad-{key.hexdigest()[:16]}.parquet"
+    try:
+        cached = pl.read_parquet(path)
+        if cached.schema == figures.LOWGRAD_SCHEMA:
+            return cached
+    except (OSError, pl.exceptions.PolarsError):
+        pass  # not cached yet, or a damaged file: computed and written again below
+    from sparsity_core.lowgrad import simulate_low_gradient  # torch, on a cache miss only
+
+    frame = figures.lowgrad_frame(simulate_low_gradient(iterations=iterations))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")  # renamed into place: readers see whole files
+        frame.write_parquet(tmp)
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the next report computes it again, nothing else is lost
+    return frame
 
 
 def write_lowgrad(out: str | Path, iterations: int = 10_000) -> Path:
-    """Run the low-gradient simulation and write `<out>/lowgrad.html`."""
+    """Write `<out>/lowgrad.html` (and the plotly.min.js it loads) from `lowgrad_data`."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "lowgrad.html"
-    _write_figure(plots.lowgrad_figure(_lowgrad_data(iterations)), path)
-    return path
+    _write_pages({"lowgrad.html": plots.lowgrad_figure(lowgrad_data(iterations))}, folder)
+    return folder / "lowgrad.html"
 
 
-def _index(sweep: str, tables: results.Results, agg: pl.DataFrame, verdicts: pl.DataFrame) -> str:
-    statuses = tables.trials["status"].value_counts(sort=True).rows()
+def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, verdicts: pl.DataFrame) -> str:
+    statuses = trials["status"].value_counts(sort=True).rows()
     varying = ", ".join(results.varying_settings(agg)) or "nothing"
     links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
              ("claims.md", "the paper's claims checked"),
              ("pareto.html", "sparsity vs test error, Pareto front"), ("layers.html", "dead filters per layer"),
+             ("trajectories.html", "dead filters and test error over the epochs"),
              ("gamma_beta.html", "BN gamma and beta over training (Fig. 1)"),
              ("universality.html", "feature universality per layer (Fig. 2)"),
              ("lowgrad.html", "low-gradient simulation (Fig. 3)")]
@@ -310,7 +360,7 @@ def _index(sweep: str, tables: results.Results, agg: pl.DataFrame, verdicts: pl.
 <html><head><meta charset="utf-8"><title>{html.escape(sweep)} report</title></head>
 <body style="font-family: sans-serif; max-width: 60em">
 <h1>{html.escape(sweep)}</h1>
-<p>{tables.trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
+<p>{trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
 {agg.height} configurations, averaged over seeds; varying: {html.escape(varying)}.</p>
 <ul>
 {items}
@@ -323,13 +373,34 @@ def _index(sweep: str, tables: results.Results, agg: pl.DataFrame, verdicts: pl.
 """
 
 
-def _check_input(sweep_dir: Path) -> None:
-    if not sweep_dir.is_dir():
-        raise ReportError(f"{sweep_dir}: no such results folder; pass RESULTS/<sweep>, the folder "
-                          "orchestrator/run.py wrote (e.g. results/quick)")
-    if not any((sweep_dir / "trials").glob("*.parquet")):
-        raise ReportError(f"{sweep_dir}: no trials (no trials/*.parquet there); run the sweep first "
+# --- the sweep's results ---------------------------------------------------------------------------
+
+_READ_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, OSError)
+
+
+def _open(source: str | Path) -> ResultStore:
+    """The sweep's store, checked to hold trials; ReportError (what is wrong, and the fix) if not."""
+    try:
+        store = results.open_sweep(source)
+        info = store.fs.get_file_info(store.path)
+        has_trials = info.type == pafs.FileType.Directory and bool(results.table_files(store, "trials"))
+    except _READ_ERRORS as e:
+        raise ReportError(f"{source}: cannot open it ({type(e).__name__}: {e}); pass a results folder "
+                          "(results/<sweep>) or a URI the sweep wrote to "
+                          "(s3://bucket/prefix/<sweep>?endpoint_override=host:port&scheme=http)") from None
+    if info.type != pafs.FileType.Directory:
+        raise ReportError(f"{source}: no such results folder; pass RESULTS/<sweep>, the folder "
+                          "orchestrator/run.py wrote (e.g. results/quick), or its URI (s3://...)")
+    if not has_trials:
+        raise ReportError(f"{source}: no trials (no trials/*.parquet there); run the sweep first "
                           "(python orchestrator/run.py sweeps/<sweep>.yaml) or pass its results folder")
+    return store
+
+
+def _default_out(store: ResultStore) -> Path:
+    """Where a report goes without --out: `<sweep folder>/report`, or for results elsewhere (S3)
+    the local folder `report/<sweep>`."""
+    return Path(store.path) / "report" if store.is_local else Path("report") / store.sweep
 
 
 def build_report(
@@ -339,52 +410,60 @@ def build_report(
     layers: Sequence[str] | None = None,
     lowgrad_iterations: int = 10_000,
 ) -> Path:
-    """Write every report file for the sweep in `sweep_dir` into `out` (default: `<sweep_dir>/report`)."""
-    folder = Path(sweep_dir)
-    _check_input(folder)
+    """Write every report file for the sweep at `sweep_dir` (a folder or a URI; see
+    `results.open_sweep`) into the local folder `out` (default: `_default_out`). Every table and
+    figure is computed before the first file is written."""
+    if out is not None and "://" in str(out):
+        raise ReportError(f"--out {out}: the report is written to a local folder; pass a path (e.g. report/)")
+    store = _open(sweep_dir)
     try:
-        tables = results.load_results(folder)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise ReportError(f"{folder}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
+        tables = results.load_results(store)
+        agg = results.aggregate(tables.trials, tables.layers)
+        if agg.is_empty():
+            counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
+            raise ReportError(f"{sweep_dir}: no trial finished ok ({counts}); see the `error` column of "
+                              "trials/*.parquet, fix the cause and run the sweep again")
+        # the network's conv layers, from the final per-layer counts already read (every finished
+        # trial snapshots its filters at its last epoch, so the filters table has the same ones)
+        known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
+        unknown = [layer for layer in layers or () if layer not in known]
+        if unknown:
+            raise ReportError(f"--layers {','.join(unknown)}: not a conv layer of the sweep; "
+                              f"valid: {', '.join(known) or 'none (no per-layer counts)'}")
+        chosen = list(layers) if layers else figures.default_layers(known)
+        per_seed = results.per_trial(tables.trials, tables.layers)
+        lowgrad = lowgrad_data(lowgrad_iterations)
+        verdicts = claims.check_claims(per_seed, lowgrad)
+        pages = {
+            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(tables.trials)),
+            "layers.html": plots.layers_figure(figures.layer_profile(agg)),
+            "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, tables.trials)),
+            "gamma_beta.html": plots.gamma_beta_figure(
+                figures.gamma_beta_quantiles(tables.filters, tables.trials, chosen)),
+            "universality.html": plots.universality_figure(
+                figures.universality_histogram(tables.filters, tables.trials)),
+            "lowgrad.html": plots.lowgrad_figure(lowgrad),
+        }
+    except _READ_ERRORS as e:
+        raise ReportError(f"{sweep_dir}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
                           "re-run the sweep's failed trials or remove the damaged files") from None
-    agg = results.aggregate(tables.trials, tables.layers)
-    if agg.is_empty():
-        counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
-        raise ReportError(f"{folder}: no trial finished ok ({counts}); see the `error` column of "
-                          "trials/*.parquet, fix the cause and run the sweep again")
-    known = results.layer_columns(tables.filters["layer"].unique())
-    unknown = [layer for layer in layers or () if layer not in known]
-    if unknown:
-        raise ReportError(f"--layers {','.join(unknown)}: not in the sweep's filters table; "
-                          f"valid: {', '.join(known) or 'none (no per-filter snapshots)'}")
 
-    target = Path(out) if out is not None else folder / "report"
+    target = Path(out) if out is not None else _default_out(store)
     target.mkdir(parents=True, exist_ok=True)
-    sweep = folder.resolve().name
-    per_seed = results.per_trial(tables.trials, tables.layers)
-    lowgrad = _lowgrad_data(lowgrad_iterations)
-    verdicts = claims.check_claims(per_seed, lowgrad)
-    write_tables(agg, target, sweep, per_seed)
-    write_claims(verdicts, target, sweep)
-    pages = {
-        "pareto.html": plots.pareto_figure(results.pareto_points(agg)),
-        "layers.html": plots.layers_figure(figures.layer_profile(agg)),
-        "gamma_beta.html": plots.gamma_beta_figure(
-            figures.gamma_beta_quantiles(tables.filters, tables.trials, layers)),
-        "universality.html": plots.universality_figure(
-            figures.universality_histogram(tables.filters, tables.trials)),
-        "lowgrad.html": plots.lowgrad_figure(lowgrad),
-    }
-    for name, fig in pages.items():
-        _write_figure(fig, target / name)
-    (target / "index.html").write_text(_index(sweep, tables, agg, verdicts))
+    write_tables(agg, target, store.sweep, per_seed)
+    write_claims(verdicts, target, store.sweep)
+    _write_pages(pages, target)
+    (target / "index.html").write_text(_index(store.sweep, tables.trials, agg, verdicts))
     return target
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator/report.py", description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", nargs="?", help="a sweep's results folder, e.g. results/quick")
-    p.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
+    p.add_argument("sweep_dir", nargs="?",
+                   help="a sweep's results: a folder (results/quick) or a URI "
+                        "(s3://bucket/prefix/quick?endpoint_override=host:9000&scheme=http)")
+    p.add_argument("--out", default=None,
+                   help="local report folder (default: SWEEP_DIR/report; for a URI, report/<sweep>)")
     p.add_argument("--layers", default=None, metavar="C1,C7",
                    help="conv layers shown in gamma_beta.html (default: the first and the last)")
     p.add_argument("--lowgrad", default=None, metavar="OUTDIR",
@@ -412,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, {', '.join(FIGURES)}")
+    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, {', '.join(FIGURES)}, {PLOTLY_JS}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """A sweep's Parquet tables read into frames, configurations averaged over seeds, the Pareto front.
 
-Everything here takes and returns polars DataFrames (no drawing); only `load_results` reads files.
+Everything here takes and returns polars frames (no drawing); only the reading section touches files.
 Percentages are in percent (0-100), as in the paper's tables. A *configuration* is every trial setting
 except the seed; its `config` label names the settings that vary across the sweep
 (`optimizer=adam reg=l2 strength=0.001`).
@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from sparsity_core.config import TrialConfig, alias_paths
 
 from .pareto import Mode, non_dominated_ranks, to_costs
-from .store import TABLES, TRIAL_METRICS
+from .store import TABLES, TRIAL_METRICS, ResultStore
 
 __all__ = [
+    "Frame",
     "Results",
+    "open_sweep",
+    "table_files",
     "load_results",
     "CONFIG_COLUMNS",
     "METRICS",
@@ -51,24 +57,57 @@ _LAYER = re.compile(r"^C(\d+)$")
 
 # --- reading ---------------------------------------------------------------------------------------
 
+# A table as the functions here take it: read (tests, notebooks) or a lazy scan (the report), so
+# that only the columns and rows a function asks for are read.
+Frame = pl.DataFrame | pl.LazyFrame
+
 
 @dataclass(frozen=True)
 class Results:
-    """A sweep's tables; a table the sweep never wrote is an empty frame with its schema."""
+    """A sweep's tables. `trials` (a row a trial) is read whole; the others are lazy scans, read
+    when a table or figure collects what it needs. A table the sweep never wrote is empty, with its
+    schema, and every file reads into today's schema (a column added since reads as null)."""
 
+    sweep: str
     trials: pl.DataFrame
-    epochs: pl.DataFrame
-    layers: pl.DataFrame
-    filters: pl.DataFrame
+    epochs: pl.LazyFrame
+    layers: pl.LazyFrame
+    filters: pl.LazyFrame
 
 
-def _read_table(sweep_dir: Path, table: str) -> pl.DataFrame:
-    # Every file is read into today's schema: a column added since a file was written reads as null.
-    schema = pl.from_arrow(TABLES[table].empty_table()).schema
-    if not any((sweep_dir / table).glob("*.parquet")):
-        return pl.DataFrame(schema=schema)
-    return pl.scan_parquet(f"{sweep_dir}/{table}/*.parquet", schema=schema,
-                           missing_columns="insert", extra_columns="ignore").collect()
+def open_sweep(source: str | Path) -> ResultStore:
+    """The store holding the sweep at `source`: a folder (`results/quick`) or a URI the store
+    writes (`s3://bucket/prefix/quick?endpoint_override=host:9000&scheme=http`): its last path
+    element is the sweep. Raises what pyarrow.fs raises for a URI it cannot open."""
+    text = str(source)
+    if "://" not in text:
+        folder = Path(text).resolve()
+        return ResultStore(str(folder.parent), folder.name)
+    parts = urllib.parse.urlsplit(text)
+    parent, _, sweep = parts.path.rstrip("/").rpartition("/")
+    return ResultStore(urllib.parse.urlunsplit((parts.scheme, parts.netloc, parent, parts.query, "")), sweep)
+
+
+def table_files(store: ResultStore, table: str) -> list[str]:
+    """The table's Parquet files in `store.fs` (temporary files of a running writer left out)."""
+    selector = pafs.FileSelector(f"{store.path}/{table}", allow_not_found=True)
+    return sorted(info.path for info in store.fs.get_file_info(selector)
+                  if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"))
+
+
+def _scan(store: ResultStore, table: str) -> pl.LazyFrame:
+    # from an empty table built of batches: `Schema.empty_table()` would import pandas (~0.5 s)
+    schema = pl.from_arrow(pa.Table.from_batches([], schema=TABLES[table])).schema
+    files = table_files(store, table)
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    if store.is_local:  # polars' own reader: ~4x faster here, and it decodes filtered rows only
+        return pl.scan_parquet(files, schema=schema, glob=False, missing_columns="insert", extra_columns="ignore")
+    # Any other filesystem (S3, GCS, HDFS): the store's own, so a report reads every URI it writes.
+    import pyarrow.dataset as pads  # here, not above: it imports pandas (~0.25 s) that a local report skips
+
+    dataset = pads.dataset(files, schema=TABLES[table], format="parquet", filesystem=store.fs)
+    return pl.scan_pyarrow_dataset(dataset)
 
 
 def _fill_new_settings(trials: pl.DataFrame) -> pl.DataFrame:
@@ -81,12 +120,12 @@ def _fill_new_settings(trials: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def load_results(sweep_dir: str | Path) -> Results:
-    """Every table of `<results>/<sweep>/` (local folders only); a missing table is empty."""
-    folder = Path(sweep_dir)
-    tables = {table: _read_table(folder, table) for table in TABLES}
-    tables["trials"] = _fill_new_settings(tables["trials"])
-    return Results(**tables)
+def load_results(source: str | Path | ResultStore) -> Results:
+    """The tables of the sweep at `source` (a folder, a URI, or its `ResultStore`; see `open_sweep`).
+    Reads the trials table; the others are scanned lazily."""
+    store = source if isinstance(source, ResultStore) else open_sweep(source)
+    scans = {table: _scan(store, table) for table in TABLES}
+    return Results(sweep=store.sweep, trials=_fill_new_settings(scans.pop("trials").collect()), **scans)
 
 
 # --- configurations --------------------------------------------------------------------------------
@@ -119,12 +158,12 @@ def _with_config_label(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame
     return df.with_columns(pl.Series("config", labels, dtype=pl.String))
 
 
-def final_layers(layers: pl.DataFrame) -> pl.DataFrame:
+def final_layers(layers: Frame) -> pl.DataFrame:
     """Each trial's per-layer rows at its last measured epoch, with `dead_gamma_pct`/`dead_act_pct`."""
-    return layers.filter(pl.col("epoch") == pl.col("epoch").max().over("trial_id")).with_columns(
+    return layers.lazy().filter(pl.col("epoch") == pl.col("epoch").max().over("trial_id")).with_columns(
         (100.0 * pl.col("dead_gamma") / pl.col("n_filters")).alias("dead_gamma_pct"),
         (100.0 * pl.col("dead_act") / pl.col("n_filters")).alias("dead_act_pct"),
-    )
+    ).collect()
 
 
 def labelled_trials(trials: pl.DataFrame) -> pl.DataFrame:
@@ -134,17 +173,17 @@ def labelled_trials(trials: pl.DataFrame) -> pl.DataFrame:
     return _with_config_label(ok, label_columns(ok))
 
 
-def per_trial(trials: pl.DataFrame, layers: pl.DataFrame) -> pl.DataFrame:
+def per_trial(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:
     """`labelled_trials`, with the final % dead by gamma of each conv layer as columns C1..Cn."""
     ok = labelled_trials(trials)
-    final = final_layers(layers.filter(pl.col("trial_id").is_in(ok["trial_id"].implode())))
+    final = final_layers(layers.lazy().filter(pl.col("trial_id").is_in(ok["trial_id"].implode())))
     if final.height:
         wide = final.pivot(on="layer", index="trial_id", values="dead_gamma_pct")
         ok = ok.join(wide.select("trial_id", *layer_columns(wide.columns)), on="trial_id", how="left")
     return ok
 
 
-def aggregate(trials: pl.DataFrame, layers: pl.DataFrame) -> pl.DataFrame:
+def aggregate(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:
     """One row per configuration: its settings, `config`, `n_seeds`, `<metric>_mean`/`<metric>_std`
     over seeds for METRICS and C1..Cn (std is null for one seed), and provenance (`trial_ids`,
     `code_versions`). Rows are sorted by the varying settings."""

@@ -26,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "TrialConfig",
     "OPTIMIZER_NAMES",
+    "PAPER_LRS",
     "REGULARIZER_NAMES",
     "DATASET_NAMES",
     "MODEL_NAMES",
@@ -37,7 +38,10 @@ __all__ = [
     "did_you_mean",
 ]
 
-OPTIMIZER_NAMES = ("sgd", "adam", "amsgrad", "adamax", "rmsprop", "adagrad", "adadelta")
+# The paper's base learning rate of each optimizer (supplement); `train.lr: null` trains with it.
+PAPER_LRS: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "amsgrad": 1e-3, "adamax": 2e-3, "rmsprop": 1e-3,
+                               "adagrad": 1e-2, "adadelta": 1.0}
+OPTIMIZER_NAMES = tuple(PAPER_LRS)
 REGULARIZER_NAMES = ("none", "l2", "wd", "l1_gamma")
 REMEDY_NAMES = ("none", "leaky_relu", "gamma_lr_scale", "revive", "psbn")
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import PAPER_LRS, TrainConfig
 
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "param_groups", "build_optimizer", "lr_factor", "set_lr", "regularize_"]
 
@@ -27,18 +27,18 @@ __all__ = ["OptimizerSpec", "OPTIMIZERS", "param_groups", "build_optimizer", "lr
 @dataclass(frozen=True)
 class OptimizerSpec:
     cls: Callable[..., torch.optim.Optimizer]
-    lr: float  # the paper's base LR for this optimizer
+    lr: float  # the paper's base LR for this optimizer (config.PAPER_LRS)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(torch.optim.SGD, 0.1, {"momentum": 0.9}),
-    "adam": OptimizerSpec(torch.optim.Adam, 1e-3, {"betas": (0.9, 0.99), "eps": 1e-8}),
-    "amsgrad": OptimizerSpec(torch.optim.Adam, 1e-3, {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True}),
-    "adamax": OptimizerSpec(torch.optim.Adamax, 2e-3),
-    "rmsprop": OptimizerSpec(torch.optim.RMSprop, 1e-3),
-    "adagrad": OptimizerSpec(torch.optim.Adagrad, 1e-2),
-    "adadelta": OptimizerSpec(torch.optim.Adadelta, 1.0, {"rho": 0.9, "eps": 1e-6}),
+    "sgd": OptimizerSpec(torch.optim.SGD, PAPER_LRS["sgd"], {"momentum": 0.9}),
+    "adam": OptimizerSpec(torch.optim.Adam, PAPER_LRS["adam"], {"betas": (0.9, 0.99), "eps": 1e-8}),
+    "amsgrad": OptimizerSpec(torch.optim.Adam, PAPER_LRS["amsgrad"], {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True}),
+    "adamax": OptimizerSpec(torch.optim.Adamax, PAPER_LRS["adamax"]),
+    "rmsprop": OptimizerSpec(torch.optim.RMSprop, PAPER_LRS["rmsprop"]),
+    "adagrad": OptimizerSpec(torch.optim.Adagrad, PAPER_LRS["adagrad"]),
+    "adadelta": OptimizerSpec(torch.optim.Adadelta, PAPER_LRS["adadelta"], {"rho": 0.9, "eps": 1e-6}),
 }
 
 

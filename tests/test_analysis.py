@@ -9,8 +9,9 @@ from typing import Any
 import polars as pl
 import pytest
 
-from orchestrator import figures, results
-from tests.planted import frame, trial_row
+from orchestrator import figures, plots, results
+
+from .planted import frame, trial_row
 
 LAYERS = {"C1": 64, "C2": 128, "C3": 128, "C4": 256, "C5": 256, "C6": 512, "C7": 512}
 
@@ -139,3 +140,54 @@ def test_pareto_empty_frame_and_missing_column() -> None:
         results.pareto_front(empty, {"c": "min"})
 
 
+
+
+def epoch_rows(trial_id: str, test_err: list[float], dead_gamma: list[float],
+               dead_act: list[float | None]) -> list[dict[str, Any]]:
+    return [{"trial_id": trial_id, "epoch": e, "lr": 0.1, "train_loss": 1.0, "test_loss": 1.0, "test_err": err,
+             "dead_gamma_pct": g, "dead_act_pct": a}
+            for e, (err, g, a) in enumerate(zip(test_err, dead_gamma, dead_act), start=1)]
+
+
+def test_trajectories_spread_over_seeds(two_configs) -> None:
+    trials, _ = two_configs
+    ok = trials.filter(pl.col("status") == "ok").sort("optimizer", "seed")["trial_id"].to_list()
+    failed = trials.filter(pl.col("status") == "failed")["trial_id"].item()
+    rows = [
+        *epoch_rows(ok[0], [30.0, 20.0, 10.0], [0.0, 10.0, 40.0], [None, None, 45.0]),  # adam seed 0
+        *epoch_rows(ok[1], [34.0, math.nan, 12.0], [0.0, 20.0, 60.0], [None, None, 55.0]),  # adam seed 1
+        *epoch_rows(ok[2], [40.0, 30.0, 20.0], [0.0, 0.0, 1.0], [None, None, 1.0]),  # sgd seed 0
+        *epoch_rows(ok[3], [42.0, 32.0, 22.0], [0.0, 0.0, 3.0], [None, None, 3.0]),  # sgd seed 1
+        *epoch_rows(failed, [99.0, 99.0, 99.0], [99.0, 99.0, 99.0], [99.0, 99.0, 99.0]),
+    ]
+    epochs = frame(rows, "epochs")
+    traj = figures.trajectories(epochs, trials)
+    assert traj.equals(figures.trajectories(epochs.lazy(), trials))  # a lazy scan gives the same
+    assert set(traj["metric"]) == set(figures.TRAJECTORY_METRICS)
+
+    def at(config: str, metric: str, epoch: int) -> dict[str, Any]:
+        return traj.filter((pl.col("config") == config) & (pl.col("metric") == metric)
+                           & (pl.col("epoch") == epoch)).row(0, named=True)
+
+    gamma = at("optimizer=adam", "dead_gamma_pct", 3)
+    assert (gamma["n"], gamma["mean"], gamma["min"], gamma["max"]) == (2, 50.0, 40.0, 60.0)
+    assert gamma["std"] == pytest.approx(math.sqrt(200.0))
+    # the NaN test error of adam seed 1 at epoch 2 is left out, not averaged in
+    err = at("optimizer=adam", "test_err", 2)
+    assert (err["n"], err["mean"], err["std"]) == (1, 20.0, None)
+    # dead by activation only where measured; the failed trial's 99s never count
+    act = traj.filter(pl.col("metric") == "dead_act_pct")
+    assert act["epoch"].to_list() == [3, 3] and act["max"].to_list() == [55.0, 3.0]
+    assert traj["max"].max() < 99.0
+
+
+def test_pareto_seed_points_and_a_one_point_front(two_configs) -> None:
+    trials, layers = two_configs
+    seeds = figures.seed_points(trials)
+    assert seeds.height == 4 and set(seeds["config"]) == {"optimizer=adam", "optimizer=sgd"}
+    assert sorted(seeds.filter(pl.col("optimizer") == "adam")["test_err"]) == [10.0, 12.0]
+    points = results.pareto_points(results.aggregate(trials, layers))
+    fig = plots.pareto_figure(points, seeds)
+    front = next(t for t in fig.data if t.name.startswith("Pareto front"))
+    assert front.mode == "lines+markers" and len(front.x) == 1  # adam alone: still drawn, as a ring
+    assert next(t for t in fig.data if t.name == "each seed").marker.opacity < 1

@@ -1,8 +1,10 @@
 """The report end to end, on a results folder written through the real ResultStore (real Parquet,
-the real schemas), and the CLI's handling of bad input."""
+the real schemas), on results of an earlier version, and the CLI's handling of bad input."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import report, results
+from orchestrator import figures, report, results
 from orchestrator.store import TABLES, ResultStore
 from sparsity_core.config import TrialConfig
 
 from .rows import row
 
 ROOT = Path(__file__).resolve().parent.parent
+OLD_RESULTS = Path(__file__).resolve().parent / "fixtures" / "results-0.1.0" / "quick"  # written by 0.1.0
 N_FILTERS = 4  # per layer: a BasicNet shape at a tiny width
 LAYERS = [f"C{i}" for i in range(1, 8)]
 # (optimizer, strength) -> dead filters per layer at the final epoch (of 4), and test error
@@ -31,7 +34,17 @@ RUNS = {
 }
 
 
-def _write_trial(store: ResultStore, optimizer: str, strength: float, seed: int) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def lowgrad_cache(tmp_path_factory):
+    """The low-gradient simulation's cache in a temporary folder, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("cache")
+        mp.setenv("XDG_CACHE_HOME", str(folder))
+        yield folder
+
+
+def write_trial(store: ResultStore, optimizer: str, strength: float, seed: int) -> None:
+    """One ok trial of RUNS with two epochs, its layers and two per-filter snapshots."""
     cfg = TrialConfig.model_validate({"train": {"optimizer": optimizer, "reg": "l2", "strength": strength,
                                                 "epochs": 2, "snapshot_every": 1}, "seed": seed})
     tid = cfg.trial_id
@@ -69,7 +82,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     store = ResultStore(str(tmp_path_factory.mktemp("results")), "demo")
     for optimizer, strength in RUNS:
         for seed in (0, 1):
-            _write_trial(store, optimizer, strength, seed)
+            write_trial(store, optimizer, strength, seed)
     failed = TrialConfig.model_validate({"train": {"optimizer": "adadelta"}})
     store.write("trials", failed.trial_id, [row("trials", trial_id=failed.trial_id, sweep="demo", status="failed",
                                                 **failed.flat(), epochs_run=0, error="boom")])
@@ -82,18 +95,27 @@ def built(sweep_dir: Path) -> Path:
 
 
 def test_every_file_is_written(built: Path) -> None:
-    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "index.html", *report.FIGURES}
-    assert expected <= {p.name for p in built.iterdir()}
+    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "index.html", report.PLOTLY_JS, *report.FIGURES}
+    assert expected == {p.name for p in built.iterdir()}
     assert built == built.parent / "report"
 
 
-def test_html_pages_embed_plotly(built: Path) -> None:
+def test_html_pages_share_one_plotly_beside_them(built: Path) -> None:
+    assert "plotly.js v" in (built / report.PLOTLY_JS).read_text()[:1000]  # the library itself
     for name in report.FIGURES:
         text = (built / name).read_text()
-        assert "plotly.js v" in text, name  # the library itself, inline
-        assert 'src="https://cdn.plot.ly' not in text, name
+        assert f'src="{report.PLOTLY_JS}"' in text, name  # loaded from the folder: no network needed
+        assert "plotly.js v" not in text and "cdn.plot.ly" not in text, name
     index = (built / "index.html").read_text()
     assert all(f'href="{name}"' in index for name in (*report.FIGURES, "table.md", "claims.md"))
+
+
+def test_trajectories_and_pareto_pages_show_seeds(built: Path) -> None:
+    trajectories = (built / "trajectories.html").read_text()
+    assert all(t in trajectories for t in ("dead filters by gamma (%)", "dead filters by activation (%)",
+                                           "test error (%)", "optimizer=adam strength=0.001"))
+    pareto = (built / "pareto.html").read_text()
+    assert "each seed" in pareto and "Pareto front (" in pareto and "circle-open" in pareto
 
 
 def test_table_has_layers_configurations_and_the_paper(built: Path) -> None:
@@ -159,7 +181,20 @@ def test_unknown_layer_is_bad_input(sweep_dir: Path, tmp_path: Path, capsys) -> 
 
 def test_lowgrad_alone(tmp_path: Path) -> None:
     assert report.main(["--lowgrad", str(tmp_path / "lg"), "--lowgrad-iterations", "200"]) == 0
-    assert "plotly.js v" in (tmp_path / "lg" / "lowgrad.html").read_text()
+    assert {p.name for p in (tmp_path / "lg").iterdir()} == {"lowgrad.html", report.PLOTLY_JS}
+
+
+def test_lowgrad_is_computed_once(lowgrad_cache: Path) -> None:
+    """The second call, in a fresh process, reads the cached result and never imports torch."""
+    first = report.lowgrad_data(150)
+    assert len(list((lowgrad_cache / "filter-sparsity").glob("lowgrad-*.parquet"))) >= 1
+    code = ("import sys, polars as pl; from orchestrator import report; "
+            "report.lowgrad_data(150).write_parquet(sys.argv[1]); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(lowgrad_cache / "again.parquet")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert pl.read_parquet(lowgrad_cache / "again.parquet").equals(first)
 
 
 def test_runs_as_a_script_without_traceback(tmp_path: Path) -> None:
@@ -182,8 +217,9 @@ def test_results_written_before_a_setting_existed_still_group(tmp_path: Path) ->
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in rows[1].items() if k != "remedy"}], schema=old_schema),
                    f"{store.path}/trials/{rows[1]['trial_id']}.parquet")
     tables = results.load_results(store.path)
-    assert tables.trials["remedy"].to_list() == ["none", "none"]
-    assert tables.filters.is_empty() and tables.filters.columns == TABLES["filters"].names
+    assert tables.sweep == "old" and tables.trials["remedy"].to_list() == ["none", "none"]
+    filters = tables.filters.collect()
+    assert filters.is_empty() and filters.columns == TABLES["filters"].names
     agg = results.aggregate(tables.trials, tables.layers)
     assert agg.height == 1 and agg["n_seeds"].item() == 2
 
@@ -198,3 +234,26 @@ def test_sweep_without_filters_still_reports(tmp_path: Path) -> None:
     assert "no per-filter snapshots" in (out / "gamma_beta.html").read_text()
     assert "no per-layer counts" in (out / "layers.html").read_text()
     assert "| adam | 1 |" in (out / "table.md").read_text()
+
+
+def test_results_of_version_0_1_0_still_report(tmp_path: Path) -> None:
+    sweep = tmp_path / "quick"
+    shutil.copytree(OLD_RESULTS, sweep)
+    out = report.build_report(sweep, lowgrad_iterations=100)
+    table = (out / "table.md").read_text()
+    assert all(f"| {optimizer} | {reg} |" in table for optimizer in ("adam", "sgd") for reg in ("l2", "wd"))
+    assert {p.name for p in out.iterdir()} >= {"index.html", *report.FIGURES}
+    tables = results.load_results(sweep)
+    traj = figures.trajectories(tables.epochs, tables.trials).filter(pl.col("metric") == "dead_gamma_pct")
+    assert traj["config"].n_unique() == 4 and traj["epoch"].max() == 300
+
+
+def test_unreadable_uri_is_bad_input(capsys) -> None:
+    assert report.main(["nosuchscheme://bucket/sweep"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot open it" in err and err.count("\n") == 1
+
+
+def test_out_must_be_local(sweep_dir: Path, capsys) -> None:
+    assert report.main([str(sweep_dir), "--out", "s3://bucket/report"]) == 2
+    assert "local folder" in capsys.readouterr().err

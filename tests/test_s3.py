@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow.fs as pafs
 import pytest
 
+from orchestrator import report, results
 from orchestrator.guard import GuardError, S3Lease, SweepLock
 from orchestrator.s3 import S3JournalBackend, S3Location
 from orchestrator.search import OptunaSpec, default_storage, make_searcher, open_storage, trials_left
@@ -23,6 +24,7 @@ from orchestrator.store import ResultStore
 
 from .integration import ROOT, TINY, cli_env, run_cli, write_sweep
 from .rows import row
+from .test_report import OLD_RESULTS, RUNS, write_trial
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]'")
 
@@ -229,3 +231,46 @@ def test_s3_lease_that_cannot_be_taken_names_the_holder(endpoint, aws_env):
         first.release()
     assert second.acquire() is None  # released: taken at once
     second.release()
+
+
+def test_report_straight_from_s3(endpoint, aws_env, tmp_path, monkeypatch):
+    """A sweep written to S3 through the store is reported from its URI; the report lands in the
+    local report/<sweep>/."""
+    root = f"s3://{BUCKET}/reports?endpoint_override={endpoint}&scheme=http"
+    store = ResultStore(root, "demo")
+    for optimizer, strength in RUNS:
+        for seed in (0, 1):
+            write_trial(store, optimizer, strength, seed)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert report.main([store.uri, "--lowgrad-iterations", "100"]) == 0
+    out = tmp_path / "report" / "demo"
+    assert {"index.html", "table.md", report.PLOTLY_JS, *report.FIGURES} <= {p.name for p in out.iterdir()}
+    local = ResultStore(str(tmp_path / "local"), "demo")
+    for optimizer, strength in RUNS:
+        for seed in (0, 1):
+            write_trial(local, optimizer, strength, seed)
+    # the same numbers as from a local folder
+    assert (out / "table.csv").read_text() == (report.build_report(local.path, lowgrad_iterations=100)
+                                                / "table.csv").read_text()
+
+
+def test_report_of_old_results_on_s3(endpoint, aws_env, tmp_path, monkeypatch):
+    """Files of version 0.1.0 (another timestamp unit) read through S3 as they do locally."""
+    store = ResultStore(f"s3://{BUCKET}/old?endpoint_override={endpoint}&scheme=http", "quick")
+    for path in sorted(OLD_RESULTS.rglob("*.parquet")):
+        with store.fs.open_output_stream(f"{store.path}/{path.relative_to(OLD_RESULTS).as_posix()}") as f:
+            f.write(path.read_bytes())
+    remote = results.load_results(store.uri)
+    local = results.load_results(OLD_RESULTS)
+    assert remote.trials.sort("trial_id").equals(local.trials.sort("trial_id"))
+    assert remote.epochs.collect().sort("trial_id", "epoch").equals(local.epochs.collect().sort("trial_id", "epoch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = report.build_report(store.uri, tmp_path / "out", lowgrad_iterations=100)
+    assert "| adam | l2 |" in (out / "table.md").read_text()
+
+
+def test_report_of_a_missing_sweep_on_s3_is_bad_input(endpoint, aws_env, capsys):
+    assert report.main([f"s3://{BUCKET}/nowhere/sweep?endpoint_override={endpoint}&scheme=http"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such results folder" in err and err.count("\n") == 1
