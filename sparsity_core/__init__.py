@@ -6,10 +6,10 @@ Imports torch and torchvision only (no Ray, Optuna or Parquet), so `train(cfg)` 
 from .config import DataConfig, ModelConfig, TrainConfig, TrialConfig
 from .data import DatasetError, ImageData, check_dataset, load_dataset
 from .models import BasicNet, build_model, conv_blocks
-from .packed import PackedConvNet, can_pack, train_packed
-from .sparsity import dead_by_gamma, filter_stats
 from .metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics
-from .train import TrialResult, train
+from .packed import PackedConvNet, can_pack, pack_key
+from .sparsity import dead_by_gamma, filter_stats
+from .train import TrialResult, train, train_packed
 
 __all__ = [
     "TrialConfig",
@@ -33,5 +33,6 @@ __all__ = [
     "train",
     "PackedConvNet",
     "can_pack",
+    "pack_key",
     "train_packed",
 ]
