@@ -48,7 +48,9 @@ class Engine(Protocol):
         """Trial i as a plain ConvNet, for the remedy hooks and measurement."""
 
 
-def _step_parts(model: nn.Module, update: Callable[[], object], cfg: TrainConfig, device: torch.device):
+def _step_parts(
+    model: nn.Module, update: Callable[[], object], cfg: TrainConfig, device: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], object], torch.autocast]:
     """The forward and the update, compiled with `cfg.compile` (the update alone is ~20% of a small
     model's step on CPU), and the step's autocast (bf16 on CUDA when asked)."""
     if cfg.compile:
@@ -79,7 +81,8 @@ def training_step(
 
 def packed_training_step(model: PackedConvNet, optimizer: PackedOptimizer, cfg: TrainConfig,
                          device: torch.device) -> Step:
-    """`step(batches) -> losses [N]` for a pack: one forward and backward for all its trials."""
+    """`step(batches) -> losses [N]` for a pack: one forward and backward for all its trials. With
+    `cfg.compile` the forward and torch's own update are compiled; the per-trial scaling is not."""
     forward, update, autocast = _step_parts(model, optimizer.optimizer.step, cfg, device)
     alive = torch.ones(model.n, dtype=torch.bool, device=device)  # finite loss so far, kept on the device
 

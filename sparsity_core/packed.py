@@ -196,32 +196,34 @@ class PackedOptimizer:
         self._params = [(group, p) for group, params in param_groups(model).items() for p in params]
         self._deltas = [torch.zeros_like(p) for _, p in self._params]
         self.optimizer = spec.cls(self._deltas, lr=1.0, weight_decay=0.0, **spec.kwargs)
-        device = self._deltas[0].device
+        self._device = self._deltas[0].device
         self._lrs = [group_lrs(c) for c in cfgs]
-        # Per-trial factors live on the device and change in place, once an epoch.
-        self._lr = {group: torch.zeros(len(cfgs), device=device) for group in self._lrs[0]}
-        terms = [penalty(c, 1.0) for c in cfgs]
-        # A term no trial uses is left out of the step.
-        self._decay, self._l1, self._l2 = (
-            torch.ones(len(cfgs), device=device) if any(t.decay != 1.0 for t in terms) else None,
-            torch.zeros(len(cfgs), device=device) if any(t.l1_gamma != 0.0 for t in terms) else None,
-            torch.zeros(len(cfgs), device=device) if any(t.l2 != 0.0 for t in terms) else None,
-        )
+        # Per-trial values [N] live on the device and change in place, once an epoch; a regularizer
+        # term that no trial uses stays None and out of the step.
+        self._lr = {group: torch.zeros(len(cfgs), device=self._device) for group in self._lrs[0]}
+        self._decay: torch.Tensor | None = None
+        self._l1: torch.Tensor | None = None
+        self._l2: torch.Tensor | None = None
         self.set_lr_factors([1.0] * len(cfgs))
 
     def set_lr_factors(self, factors: Sequence[float]) -> None:
         """Each trial's LR multiplier (its `lr_factor`, lr_t / lr_base) for the coming steps."""
-        # Computed in Python floats, as torch's own step takes its LR, then rounded once to float32.
-        def put(buffer: torch.Tensor | None, values: list[float]) -> None:
-            if buffer is not None:
-                buffer.copy_(torch.tensor(values, dtype=torch.float64))
-
         for group, buffer in self._lr.items():
-            put(buffer, [lrs[group] * f for lrs, f in zip(self._lrs, factors)])
+            self._put(buffer, [lrs[group] * f for lrs, f in zip(self._lrs, factors)])
         terms = [penalty(c, f) for c, f in zip(self._cfgs, factors)]
-        put(self._decay, [t.decay for t in terms])
-        put(self._l1, [t.l1_gamma for t in terms])
-        put(self._l2, [t.l2 for t in terms])
+        self._decay = self._put(self._decay, [t.decay for t in terms], unused=1.0)
+        self._l1 = self._put(self._l1, [t.l1_gamma for t in terms], unused=0.0)
+        self._l2 = self._put(self._l2, [t.l2 for t in terms], unused=0.0)
+
+    def _put(self, buffer: torch.Tensor | None, values: list[float],
+             unused: float | None = None) -> torch.Tensor | None:
+        """`values` into `buffer`, made when first needed (not while every value is `unused`).
+        Computed in Python floats, as torch's own step takes its LR, then rounded once to float32."""
+        if buffer is None:
+            if all(v == unused for v in values):
+                return None
+            buffer = torch.empty(len(values), device=self._device)
+        return buffer.copy_(torch.tensor(values, dtype=torch.float64))
 
     def step(self, update: Callable[[], object] | None = None) -> None:
         """One update of every trial, from the gradients in the packed parameters' `.grad`.
