@@ -3,7 +3,7 @@
 The trials are tiny on purpose (synthetic data, BasicNet width 1/8, one epoch of one step:
 batch size = n_train), so their time is almost all fixed cost. The same 16 `TrialConfig`s (from
 a sweep file written to a temporary folder, through `load_spec`) run twice:
-- plain: `sparsity_core.train.train` in this process, one after the other, at one torch thread
+- plain: `sparsity_core.loop.train` in this process, one after the other, at one torch thread
   (what a Tune trial with `resources.cpu: 1` gets), after one untimed warm-up trial;
 - orchestrated: `orchestrator.runner.run_sweep` on a real local Ray (`connect(None)`), results in
   a temporary Parquet store. Ray's start-up is timed separately and left out of the overhead.

@@ -3,8 +3,9 @@
 naive: a `Dataset` that hands out PIL images (as torchvision's CIFAR10 does) through
 `Compose([RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])`, a shuffling `DataLoader`,
 and the textbook step `model(x); loss.backward(); opt.step()` with `loss.item()` every step.
-ours: `sparsity_core.data.BatchLoader` over the device-resident uint8 data and the step of
-`sparsity_core.train.train` (no host sync inside the timed steps), eager and/or `torch.compile`d.
+ours: `sparsity_core.data.BatchLoader` over the device-resident uint8 data and the step that
+`sparsity_core.loop.train` runs (`sparsity_core.engine.training_step`; no host sync inside the timed
+steps), eager and/or `torch.compile`d.
 Both use the same model and optimizer (`build_model` / `build_optimizer` from one `TrialConfig`),
 the same data, batch size and number of steps. After a warm-up (which includes compilation) the
 variants run in turn, naive, eager, compiled, naive, ..., `--repeats` rounds of `--steps` steps;
@@ -44,7 +45,7 @@ from sparsity_core import TrialConfig
 from sparsity_core.data import BatchLoader, ImageData, load_dataset
 from sparsity_core.models import build_model
 from sparsity_core.optim import build_optimizer
-from sparsity_core.train import training_step
+from sparsity_core.engine import training_step
 
 # The trial that `trials_per_gpu_hour` prices: the paper's CIFAR-10 schedule, in images.
 CIFAR_TRIAL_IMAGES = 50_000 * 325
@@ -143,7 +144,7 @@ def naive_variant(cfg: TrialConfig, data: ImageData, model: nn.Module, device: t
 
 def our_variant(name: str, cfg: TrialConfig, data: ImageData, model: nn.Module, device: torch.device,
                 compiled: bool) -> Variant:
-    """`sparsity_core.train`'s own step function and loader, as `train` sets them up."""
+    """The step function and loader that `sparsity_core.loop.train` sets up."""
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)

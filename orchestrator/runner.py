@@ -1,6 +1,6 @@
 """Run a sweep's trials as Ray Tune trials; the driver alone writes the Parquet store.
 
-Workers call `sparsity_core.train` and `ray.tune.report` once per epoch (with a Tune checkpoint every
+Workers call `sparsity_core.train` (the loop) and `ray.tune.report` once per epoch (with a Tune checkpoint every
 `checkpoint_every` epochs). On the driver, `StoreCallback` hands those reports to the store's
 `SweepWriter`, so workers never need the results filesystem. Progress lines go to the logger
 `orchestrator.runner` (the CLI prints them); importing this module starts and sets nothing.
@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import ray
 import torch
 from ray import tune
 
-from sparsity_core import TrialConfig, train
+from sparsity_core import EpochMetrics, TrialConfig, pack_key, train, train_packed
 from sparsity_core.config import alias_paths
 
 from .results import pareto_front
@@ -67,63 +67,85 @@ def _member(cfg: TrialConfig) -> dict[str, Any]:
 
 
 def _trainable(config: dict[str, Any], filesystem, resume_from: dict[str, str]) -> None:
-    """One Tune trial: train its config, report each epoch, checkpoint when the trainer says so;
-    or train a pack of configs as one packed model, reporting each member's epochs.
+    """One Tune trial: train its config, or a pack of configs as one packed model; report each
+    trial's epochs, and checkpoint when the trainer hands over its state.
 
-    A single trial continues from Tune's own checkpoint when Tune retries it, else from
-    `resume_from` (the driver's pick among checkpoints an earlier, interrupted run left behind).
+    It continues from Tune's own checkpoint when Tune retries it, else from `resume_from` (the
+    driver's pick among checkpoints an earlier, interrupted run left behind) when that holds
+    exactly this Tune trial's trials.
     """
     torch.set_num_threads(max(1, int(config["threads"])))
     cfgs = trial_configs(config)
-    if len(cfgs) > 1:
-        from sparsity_core.packed import train_packed
+    ids = [cfg.trial_id for cfg in cfgs]
+    resume = _resume_state(ids, filesystem, resume_from)
+    reported: dict[str, int] = {}  # trial id -> the last epoch it reported
 
-        train_packed(cfgs, lambda i, metrics: tune.report({**metrics.to_record(), ID_KEY: cfgs[i].trial_id}))
-        return
-    cfg = cfgs[0]
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None and cfg.trial_id in resume_from:
-        checkpoint = tune.Checkpoint(resume_from[cfg.trial_id], filesystem=filesystem)
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-
-    def report(metrics, state) -> None:
-        record = {**metrics.to_record(), ID_KEY: cfg.trial_id}
-        if state is None:
+    def report(metrics: dict[int, EpochMetrics], state: dict[str, Any] | None) -> None:
+        records = [{**m.to_record(), ID_KEY: ids[i]} for i, m in metrics.items()]
+        reported.update({ids[i]: m.epoch for i, m in metrics.items()})
+        for record in records:
+            # The driver writes a trial's rows at each checkpoint, and at once when a pack-mate
+            # diverges: the pack's Tune trial runs on, and that trial reports no more.
+            if state is not None or record["diverged"]:
+                record["checkpointed"] = True
+        *others, last = records  # a pack's checkpoint rides on its last report of the epoch
+        for record in others:
             tune.report(record)
+        if state is None:
+            tune.report(last)
             return
-        record["checkpointed"] = True
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
-            (Path(folder) / META_FILE).write_text(json.dumps({"epoch": state["epoch"]}))
-            tune.report(record, checkpoint=tune.Checkpoint.from_directory(folder))
+            meta = {"epoch": state["epoch"], "trials": {trial_id: reported[trial_id] for trial_id in ids}}
+            (Path(folder) / META_FILE).write_text(json.dumps(meta))
+            tune.report(last, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(cfg, report, resume=resume, checkpoint_every=config["checkpoint_every"])
+    if len(cfgs) == 1:
+        train(cfgs[0], lambda metrics, state: report({0: metrics}, state), resume=resume,
+              checkpoint_every=config["checkpoint_every"])
+    else:
+        train_packed(cfgs, report, resume=resume, checkpoint_every=config["checkpoint_every"])
+
+
+def _resume_state(ids: list[str], filesystem, resume_from: dict[str, str]) -> dict[str, Any] | None:
+    """Tune's checkpoint of this Tune trial (a retry), else the one `resume_from` names for every
+    trial in `ids`; its state when it holds exactly those trials, in that order, else None."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        folders = {resume_from.get(trial_id) for trial_id in ids}
+        if len(folders) != 1 or None in folders:
+            return None
+        checkpoint = tune.Checkpoint(folders.pop(), filesystem=filesystem)
+    with checkpoint.as_directory() as folder:
+        if list(json.loads((Path(folder) / META_FILE).read_text())["trials"]) != ids:
+            return None
+        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
 
 def pack_trials(trials: list[TrialConfig], size: int) -> list[list[TrialConfig]]:
-    """Greedy packs of up to `size` trials that can share one packed model (in sweep order)."""
-    if size == 1:
-        return [[t] for t in trials]
-    from sparsity_core.packed import can_pack
-
+    """Packs of up to `size` trials that can share one packed model, in sweep order: a trial joins
+    the newest pack of its `pack_key` while that has room."""
     packs: list[list[TrialConfig]] = []
+    newest: dict[Hashable, list[TrialConfig]] = {}
     for trial in trials:
-        home = next((p for p in packs if len(p) < size and can_pack([*p, trial]) is None), None)
-        if home is None:
-            packs.append([trial])
-        else:
+        key = pack_key(trial) if size > 1 else None
+        home = newest.get(key)
+        if home is not None and len(home) < size:
             home.append(trial)
+        else:
+            packs.append([trial])
+            if key is not None:
+                newest[key] = packs[-1]
     return packs
 
 
 def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
     """trial_id -> the newest checkpoint an earlier run left whose epochs all reached Parquet.
 
-    A checkpoint newer than the trial's flushed epoch rows would leave a gap in them, so it is
-    passed over for an older one (Tune keeps two per trial).
+    A checkpoint's meta.json names the trials it holds (one, or a pack's) and the last epoch each
+    had reported. One newer than any of its trials' flushed epoch rows would leave a gap in them,
+    so it is passed over for an older one (Tune keeps two per Tune trial). Each trial of a pack's
+    checkpoint maps to it; `_trainable` resumes only from one that holds exactly its trials.
     """
     selector = pafs.FileSelector(f"{store.path}/_tune", recursive=True, allow_not_found=True)
     flushed: dict[str, int] = {}
@@ -131,14 +153,17 @@ def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
     for info in store.fs.get_file_info(selector):
         if info.base_name != META_FILE:
             continue
-        folder = info.path.rsplit("/", 1)[0]
-        trial_id = folder.rsplit("/", 2)[-2]
-        if trial_id not in flushed:
-            flushed[trial_id] = max((row["epoch"] for row in store.read("epochs", trial_id)), default=0)
         with store.fs.open_input_stream(info.path) as f:
-            epoch = json.loads(f.readall())["epoch"]
-        if epoch <= flushed[trial_id] and epoch > best.get(trial_id, (0, ""))[0]:
-            best[trial_id] = (epoch, folder)
+            meta = json.loads(f.readall())
+        trials = meta.get("trials", {})  # none named by the meta.json of an older version: not resumed
+        for trial_id in trials:
+            if trial_id not in flushed:
+                flushed[trial_id] = max((row["epoch"] for row in store.read("epochs", trial_id)), default=0)
+        if not trials or any(epoch > flushed[trial_id] for trial_id, epoch in trials.items()):
+            continue
+        for trial_id in trials:
+            if meta["epoch"] > best.get(trial_id, (0, ""))[0]:
+                best[trial_id] = (meta["epoch"], info.path.rsplit("/", 1)[0])
     return {trial_id: folder for trial_id, (_, folder) in best.items()}
 
 

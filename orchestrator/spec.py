@@ -67,9 +67,8 @@ class SweepSpec(BaseModel):
         if self.optuna is not None and (self.grid or self.variants or len(self.seeds) > 1):
             raise ValueError("a sweep with `optuna:` searches from one fixed base: drop `grid:`, "
                              "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
-        if self.pack > 1 and (self.optuna is not None or self.checkpoint_every):
-            raise ValueError("`pack:` trains a grid's trials together without checkpoints: "
-                             "use it without `optuna:` and with checkpoint_every: 0")
+        if self.pack > 1 and self.optuna is not None:
+            raise ValueError("`pack:` trains a grid's trials together: use it without `optuna:`")
         return self
 
 

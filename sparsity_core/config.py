@@ -36,6 +36,7 @@ __all__ = [
     "settings",
     "alias_paths",
     "did_you_mean",
+    "PER_TRIAL",
 ]
 
 # The paper's base learning rate of each optimizer (supplement); `train.lr: null` trains with it.
@@ -47,6 +48,12 @@ REMEDY_NAMES = ("none", "leaky_relu", "gamma_lr_scale", "revive", "psbn")
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
 MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
 ACTIVATION_NAMES = ("relu", "leaky_relu")
+
+# Field metadata of a setting that each trial of a pack (sparsity_core.packed) may set on its own:
+# its initialisation, optimizer hyperparameters (broadcast over the trial dimension), LR schedule,
+# measurement cadence (done per trial on unpacked models) and remedy. Any other setting, including
+# one added later without it, must be the same for the whole pack.
+PER_TRIAL = {"per_trial": True}
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -112,8 +119,8 @@ class ModelConfig(_Section):
     width: float = Field(1.0, gt=0, description="multiplier on every layer's filter count")
     activation: ActivationName = "relu"
     negative_slope: float = Field(0.01, ge=0, lt=1, description="leaky_relu only")
-    gamma_init: float = 1.0
-    beta_init: float = 0.0
+    gamma_init: float = Field(1.0, json_schema_extra=PER_TRIAL)
+    beta_init: float = Field(0.0, json_schema_extra=PER_TRIAL)
 
 
 
@@ -124,27 +131,32 @@ class TrainConfig(_Section):
     the number of iterations stays the same (the paper's batch-size rule)."""
 
     optimizer: OptimizerName = "adam"
-    lr: float | None = Field(None, gt=0, description="base LR; None takes the paper's default")
-    reg: RegularizerName = "none"
-    strength: float = Field(0.0, ge=0, description="lambda of the regularizer")
+    lr: float | None = Field(None, gt=0, description="base LR; None takes the paper's default",
+                             json_schema_extra=PER_TRIAL)
+    reg: RegularizerName = Field("none", json_schema_extra=PER_TRIAL)
+    strength: float = Field(0.0, ge=0, description="lambda of the regularizer", json_schema_extra=PER_TRIAL)
     batch_size: int = Field(40, gt=0)
     epochs: int = Field(325, gt=0)
-    lr_steps: tuple[int, ...] = Field((250,), description="epochs at which the LR is multiplied by lr_decay")
-    lr_decay: float = Field(0.1, gt=0, le=1)
+    lr_steps: tuple[int, ...] = Field((250,), description="epochs at which the LR is multiplied by lr_decay",
+                                      json_schema_extra=PER_TRIAL)
+    lr_decay: float = Field(0.1, gt=0, le=1, json_schema_extra=PER_TRIAL)
     reference_batch_size: int | None = Field(None, gt=0)
-    gamma_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN gamma")
-    beta_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN beta")
-    act_every: int = Field(0, ge=0, description="measure dead-by-activation every k epochs (0: at the end only)")
-    snapshot_every: int = Field(0, ge=0, description="per-filter gamma/beta snapshot every k epochs (0: at the end only)")
-    eval_batch_size: int = Field(1000, gt=0)
+    gamma_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN gamma", json_schema_extra=PER_TRIAL)
+    beta_lr_scale: float = Field(1.0, gt=0, description="LR multiplier of BN beta", json_schema_extra=PER_TRIAL)
+    act_every: int = Field(0, ge=0, description="measure dead-by-activation every k epochs (0: at the end only)",
+                           json_schema_extra=PER_TRIAL)
+    snapshot_every: int = Field(0, ge=0, description="per-filter gamma/beta snapshot every k epochs (0: at the end only)",
+                                json_schema_extra=PER_TRIAL)
+    eval_batch_size: int = Field(1000, gt=0, json_schema_extra=PER_TRIAL)
     compile: bool = Field(False, description="torch.compile the training step's model")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast of the training step on CUDA (BN statistics stay fp32)"
     )
     remedy: RemedyName = Field(
-        "none", description="fix for collapsed filters (see sparsity_core.remedies)"
+        "none", description="fix for collapsed filters (see sparsity_core.remedies)", json_schema_extra=PER_TRIAL
     )
-    revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs")
+    revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs",
+                              json_schema_extra=PER_TRIAL)
 
 
 
@@ -176,7 +188,7 @@ class TrialConfig(_Section):
     dataset: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    seed: int = 0
+    seed: int = Field(0, json_schema_extra=PER_TRIAL)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property

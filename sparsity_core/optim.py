@@ -7,7 +7,9 @@ Regularizers (lambda = `strength`):
   p <- p * (1 - lambda * lr_t / lr_base) each step (the paper's reading, not AdamW's).
 - `l1_gamma`: lambda * sign(gamma) added to BN gamma's gradient (network slimming), nothing else.
 - `none`.
-All parameters are regularized, BN gamma and beta included, as in the paper.
+All parameters are regularized, BN gamma and beta included, as in the paper. Each regularizer is
+its `Penalty` terms (`REGULARIZERS`), applied by `build_optimizer` + `regularize_` for one trial and
+by `sparsity_core.packed.PackedOptimizer` for each trial of a pack.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 
 from .config import PAPER_LRS, TrainConfig
 
-__all__ = ["OptimizerSpec", "OPTIMIZERS", "param_groups", "build_optimizer", "lr_factor", "set_lr", "regularize_"]
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "Penalty", "REGULARIZERS", "penalty", "param_groups", "group_lrs",
+           "build_optimizer", "lr_factor", "set_lr", "regularize_"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class OptimizerSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+# Each update is lr times a function of the gradients alone (the parameter's value enters only
+# through weight_decay): packs run these classes at lr=1 and scale the update per trial
+# (sparsity_core.packed; tests/test_packed.py checks every entry against its solo step).
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(torch.optim.SGD, PAPER_LRS["sgd"], {"momentum": 0.9}),
     "adam": OptimizerSpec(torch.optim.Adam, PAPER_LRS["adam"], {"betas": (0.9, 0.99), "eps": 1e-8}),
@@ -40,6 +46,28 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adagrad": OptimizerSpec(torch.optim.Adagrad, PAPER_LRS["adagrad"]),
     "adadelta": OptimizerSpec(torch.optim.Adadelta, PAPER_LRS["adadelta"], {"rho": 0.9, "eps": 1e-6}),
 }
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """What a regularizer does in one step, for one trial."""
+
+    l2: float = 0.0  # l2 * p added to every gradient (the optimizer's coupled weight_decay)
+    decay: float = 1.0  # every parameter multiplied by this before the update
+    l1_gamma: float = 0.0  # l1_gamma * sign(gamma) added to BN gamma's gradient
+
+
+# regularizer -> its terms, given lambda (`strength`) and the LR multiplier lr_t / lr_base
+REGULARIZERS: dict[str, Callable[[float, float], Penalty]] = {
+    "none": lambda strength, factor: Penalty(),
+    "l2": lambda strength, factor: Penalty(l2=strength),
+    "wd": lambda strength, factor: Penalty(decay=1.0 - strength * factor),
+    "l1_gamma": lambda strength, factor: Penalty(l1_gamma=strength),
+}
+
+
+def penalty(cfg: TrainConfig, factor: float) -> Penalty:
+    return REGULARIZERS[cfg.reg](cfg.strength, factor)
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -53,18 +81,23 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def group_lrs(cfg: TrainConfig) -> dict[str, float]:
+    """Each param group's LR before the schedule: the base LR (`lr`, else the paper's for the
+    optimizer), times gamma_lr_scale / beta_lr_scale for BN gamma / beta."""
+    base_lr = cfg.lr if cfg.lr is not None else OPTIMIZERS[cfg.optimizer].lr
+    return {"weights": base_lr, "gamma": base_lr * cfg.gamma_lr_scale, "beta": base_lr * cfg.beta_lr_scale}
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Three param groups, named by `group["name"]`: weights, gamma (LR x gamma_lr_scale), beta."""
     spec = OPTIMIZERS[cfg.optimizer]
-    base_lr = cfg.lr if cfg.lr is not None else spec.lr
-    scales = {"weights": 1.0, "gamma": cfg.gamma_lr_scale, "beta": cfg.beta_lr_scale}
-    coupled = cfg.strength if cfg.reg == "l2" else 0.0
+    lrs = group_lrs(cfg)
     groups = [
-        {"name": name, "params": params, "lr": base_lr * scales[name], "base_lr": base_lr * scales[name]}
+        {"name": name, "params": params, "lr": lrs[name], "base_lr": lrs[name]}
         for name, params in param_groups(model).items()
         if params
     ]
-    return spec.cls(groups, lr=base_lr, weight_decay=coupled, **spec.kwargs)
+    return spec.cls(groups, lr=lrs["weights"], weight_decay=penalty(cfg, 1.0).l2, **spec.kwargs)
 
 
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
@@ -81,14 +114,12 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 def regularize_(optimizer: torch.optim.Optimizer, cfg: TrainConfig, factor: float) -> None:
     """The regularizer's part that the optimizer's own `weight_decay` does not do; call between
     backward() and step(). `factor` is the current LR multiplier (lr_t / lr_base)."""
-    if cfg.strength == 0 or cfg.reg in ("none", "l2"):
-        return
-    if cfg.reg == "wd":
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        torch._foreach_mul_(params, 1.0 - cfg.strength * factor)
-    elif cfg.reg == "l1_gamma":
+    terms = penalty(cfg, factor)
+    if terms.decay != 1.0:
+        torch._foreach_mul_([p for g in optimizer.param_groups for p in g["params"]], terms.decay)
+    if terms.l1_gamma != 0.0:
         for group in optimizer.param_groups:
             if group["name"] == "gamma":
                 for p in group["params"]:
                     if p.grad is not None:
-                        p.grad.add_(torch.sign(p), alpha=cfg.strength)
+                        p.grad.add_(torch.sign(p), alpha=terms.l1_gamma)

@@ -8,49 +8,30 @@ and nothing ever mixes two trials' channels: a trial's gradients equal its solo 
 float rounding), and one trial's NaNs stay in its own slices.
 
 Each parameter's first dimension is N * k, trial i owning rows [i*k, (i+1)*k), so per-trial
-hyperparameters (LR, regularizer strength) broadcast over that dimension: `_PackedOptimizer`
-applies the torch optimizers' update math (`torch/optim/*.py`, single-tensor path) to all trials at
-once. Measurement runs on `unpack(i)`, a plain ConvNet, with train.py's own helpers, so a packed
-trial's metrics come from the same code as `train()`'s.
+hyperparameters (LR, regularizer terms) broadcast over that dimension: `PackedOptimizer` runs
+torch's own optimizer for all trials at once and scales its update per trial. Which trials may
+share a pack is read from the settings' declarations (`PER_TRIAL` in config.py) and from the
+remedies themselves (`Remedy.only_configures`). The pack trains in the one loop of
+`sparsity_core.loop` (`train_packed`), measured per trial on `unpack(i)`, a plain ConvNet.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from pydantic import BaseModel
 from torch import nn
 from torch.nn.utils import skip_init
 
-from .config import TrainConfig, TrialConfig
-from .data import BatchLoader, ImageData, load_dataset
-from .models import ConvNet, build_model
-from .optim import OPTIMIZERS, lr_factor, param_groups
-from .remedies import build_remedy
-from .train import EpochMetrics, Status, TrialResult, measure_epoch, resolve_device
+from .config import PER_TRIAL, TrainConfig, TrialConfig
+from .models import ConvNet
+from .optim import OPTIMIZERS, group_lrs, param_groups, penalty
+from .remedies import REMEDIES, Remedy, configured
 
-__all__ = ["PackReport", "PackedConvNet", "can_pack", "train_packed"]
-
-# report(trial index in the pack, that trial's metrics of one epoch)
-PackReport = Callable[[int, EpochMetrics], None]
-
-# Settings that may differ between pack-mates: initialisation, per-trial optimizer hyperparameters
-# (broadcast over the trial dimension), the LR schedule (per-trial factors) and measurement cadence
-# (done per trial on unpacked models). Every other setting, including any added later, must match.
-_MAY_DIFFER = frozenset({
-    "seed", "gamma_init", "beta_init",
-    "lr", "reg", "strength", "gamma_lr_scale", "beta_lr_scale", "lr_steps", "lr_decay",
-    "act_every", "snapshot_every", "eval_batch_size",
-    "remedy", "revive_every",
-})
-# Remedies that act only through `configure` (no model change, no after-epoch hook): a packed trial
-# trains its configured settings exactly. Their configured settings must still match (activation).
-_CONFIG_ONLY_REMEDIES = ("none", "leaky_relu", "gamma_lr_scale")
+__all__ = ["PackedConvNet", "PackedOptimizer", "can_pack", "pack_key", "pack_refusal"]
 
 
 # ---- the packed network ---------------------------------------------------------------------
@@ -190,280 +171,146 @@ class PackedConvNet(nn.Module):
         return net
 
 
-# ---- the optimizers, per trial --------------------------------------------------------------
-#
-# Each update is torch's single-tensor step (torch/optim/<name>.py) on a packed parameter viewed as
-# [N, k, ...], with `lr` a float64 [N, 1, ...] tensor: the per-trial scalar math is done in float64
-# and cast to the parameter's dtype, as torch does with its Python-float LR. torch's
-# `p.addcdiv_(a, b, value=-s)` computes p + (-s * a) / b, so `p.addcdiv_(a * s, b, value=-1)` rounds
-# the same with s per trial. `g` already holds the coupled L2 term; the updates never write to it.
-
-_Update = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor, int, dict[str, Any]], None]
+# ---- the optimizer, per trial ---------------------------------------------------------------
 
 
-def _sgd(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-         o: dict[str, Any]) -> None:
-    if o["momentum"] != 0:
-        if "momentum_buffer" in state:
-            state["momentum_buffer"].mul_(o["momentum"]).add_(g, alpha=1 - o["dampening"])
-        else:  # torch starts the buffer at the first gradient, undamped
-            state["momentum_buffer"] = g.clone()
-        g = state["momentum_buffer"]
-    p.addcmul_(g, lr.to(p.dtype), value=-1)
+def _per_trial(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-trial values [N] shaped to broadcast over a parameter viewed as [N, k, ...]."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _adam(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-          o: dict[str, Any]) -> None:
-    beta1, beta2 = o["betas"]
-    if not state:
-        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if o["amsgrad"] else ("exp_avg", "exp_avg_sq")
-        state.update({name: torch.zeros_like(p) for name in names})
-    state["exp_avg"].lerp_(g, 1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    second = state["exp_avg_sq"]
-    if o["amsgrad"]:
-        second = torch.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
-    denom = (second.sqrt() / (1 - beta2**step) ** 0.5).add_(o["eps"])
-    step_size = (lr / (1 - beta1**step)).to(p.dtype)
-    p.addcdiv_(state["exp_avg"] * step_size, denom, value=-1)
+class PackedOptimizer:
+    """`build_optimizer` + `regularize_` of each trial, applied to its slice of every packed parameter.
 
+    torch's own optimizer (`OPTIMIZERS`) runs at lr=1 without weight decay on one zero "delta" per
+    parameter, whose gradient is the packed gradient with each trial's regularizer terms: every
+    optimizer there updates by lr times a function of the gradients alone, so it writes exactly
+    -update into the delta, and `p += lr_i * delta` applies each trial's LR (its base LR, gamma/beta
+    scale and schedule). A trial's slice thus moves as its solo step moves it, up to one rounding.
+    Its state (`optimizer`, torch's) is the pack's optimizer state in a checkpoint.
+    """
 
-def _adamax(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-            o: dict[str, Any]) -> None:
-    beta1, beta2 = o["betas"]
-    if not state:
-        state.update(exp_avg=torch.zeros_like(p), exp_inf=torch.zeros_like(p))
-    state["exp_avg"].lerp_(g, 1 - beta1)
-    torch.maximum(state["exp_inf"].mul_(beta2), g.abs().add_(o["eps"]), out=state["exp_inf"])
-    clr = (lr / (1 - beta1**step)).to(p.dtype)
-    p.addcdiv_(state["exp_avg"] * clr, state["exp_inf"], value=-1)
-
-
-def _rmsprop(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-             o: dict[str, Any]) -> None:
-    if not state:
-        state["square_avg"] = torch.zeros_like(p)
-    state["square_avg"].mul_(o["alpha"]).addcmul_(g, g, value=1 - o["alpha"])
-    avg = state["square_avg"].sqrt().add_(o["eps"])
-    p.addcdiv_(g * lr.to(p.dtype), avg, value=-1)
-
-
-def _adagrad(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-             o: dict[str, Any]) -> None:
-    if not state:
-        state["sum"] = torch.full_like(p, o["initial_accumulator_value"])
-    clr = (lr / (1 + (step - 1) * o["lr_decay"])).to(p.dtype)
-    state["sum"].addcmul_(g, g, value=1)
-    std = state["sum"].sqrt().add_(o["eps"])
-    p.addcdiv_(g * clr, std, value=-1)
-
-
-def _adadelta(p: torch.Tensor, g: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor, step: int,
-              o: dict[str, Any]) -> None:
-    rho, eps = o["rho"], o["eps"]
-    if not state:
-        state.update(square_avg=torch.zeros_like(p), acc_delta=torch.zeros_like(p))
-    state["square_avg"].mul_(rho).addcmul_(g, g, value=1 - rho)
-    std = state["square_avg"].add(eps).sqrt_()
-    delta = state["acc_delta"].add(eps).sqrt_().div_(std).mul_(g)
-    state["acc_delta"].mul_(rho).addcmul_(delta, delta, value=1 - rho)
-    p.addcmul_(delta, lr.to(p.dtype), value=-1)
-
-
-# By torch optimizer class: the update, and the options it assumes (torch's defaults; other values
-# of these, were OPTIMIZERS to set them, are not implemented and make `can_pack` refuse).
-_UPDATES: dict[type[torch.optim.Optimizer], tuple[_Update, dict[str, Any]]] = {
-    torch.optim.SGD: (_sgd, {"nesterov": False, "maximize": False}),
-    torch.optim.Adam: (_adam, {"maximize": False, "decoupled_weight_decay": False}),
-    torch.optim.Adamax: (_adamax, {"maximize": False}),
-    torch.optim.RMSprop: (_rmsprop, {"momentum": 0, "centered": False, "maximize": False}),
-    torch.optim.Adagrad: (_adagrad, {"maximize": False}),
-    torch.optim.Adadelta: (_adadelta, {"maximize": False}),
-}
-
-
-def _options(name: str) -> dict[str, Any]:
-    """Every setting of optimizer `name` as torch fills it in (OPTIMIZERS' kwargs over torch's defaults)."""
-    spec = OPTIMIZERS[name]
-    return spec.cls([torch.zeros(1, requires_grad=True)], lr=spec.lr, **spec.kwargs).defaults
-
-
-def _unsupported_optimizer(name: str) -> str | None:
-    cls = OPTIMIZERS[name].cls
-    if cls not in _UPDATES:
-        return f"optimizer {name!r} ({cls.__name__}) has no packed update"
-    options = _options(name)
-    other = {k: options[k] for k, v in _UPDATES[cls][1].items() if options.get(k, v) != v}
-    return f"optimizer {name!r} with {other} has no packed update" if other else None
-
-
-class _PackedOptimizer:
-    """`build_optimizer` + `regularize_` of each trial, applied to its slice of every packed parameter:
-    the gamma/beta/weights groups with the trial's LR scales, and its own regularizer and strength."""
-
-    def __init__(self, model: PackedConvNet, cfgs: Sequence[TrainConfig]) -> None:
+    def __init__(self, model: nn.Module, cfgs: Sequence[TrainConfig]) -> None:
         spec = OPTIMIZERS[cfgs[0].optimizer]
-        self._update = _UPDATES[spec.cls][0]
-        self._options = _options(cfgs[0].optimizer)
         self._cfgs = list(cfgs)
-        self._device = next(model.parameters()).device
         self._params = [(group, p) for group, params in param_groups(model).items() for p in params]
-        self._state: list[dict[str, torch.Tensor]] = [{} for _ in self._params]
-        self._step = 0
-        base = [c.lr if c.lr is not None else spec.lr for c in cfgs]
-        scales = {"weights": [1.0] * len(cfgs), "gamma": [c.gamma_lr_scale for c in cfgs],
-                  "beta": [c.beta_lr_scale for c in cfgs]}
-        self._base_lr = {group: [b * s for b, s in zip(base, scales[group])] for group in scales}
-        self._l2 = self._per_trial([c.strength if c.reg == "l2" else 0.0 for c in cfgs], skip=0.0)
-        self._l1 = self._per_trial([c.strength if c.reg == "l1_gamma" else 0.0 for c in cfgs], skip=0.0)
-        self._factors = [1.0] * len(cfgs)
-        self._lr: dict[str, torch.Tensor] = {}
+        self._deltas = [torch.zeros_like(p) for _, p in self._params]
+        self.optimizer = spec.cls(self._deltas, lr=1.0, weight_decay=0.0, **spec.kwargs)
+        self._device = self._deltas[0].device
+        self._lrs = [group_lrs(c) for c in cfgs]
+        # Per-trial values [N] live on the device and change in place, once an epoch; a regularizer
+        # term that no trial uses stays None and out of the step.
+        self._lr = {group: torch.zeros(len(cfgs), device=self._device) for group in self._lrs[0]}
         self._decay: torch.Tensor | None = None
-        self.set_lr_factors(self._factors)
-
-    def _per_trial(self, values: list[float], skip: float) -> torch.Tensor | None:
-        """Values as a float32 device tensor [N]; None when all equal `skip`, the no-op (its op is left out)."""
-        return None if all(v == skip for v in values) else torch.tensor(values, device=self._device)
+        self._l1: torch.Tensor | None = None
+        self._l2: torch.Tensor | None = None
+        self.set_lr_factors([1.0] * len(cfgs))
 
     def set_lr_factors(self, factors: Sequence[float]) -> None:
-        """Each trial's multiplier on its base LRs (its `lr_factor`) for the coming steps."""
-        self._factors = list(factors)
-        self._lr = {group: torch.tensor([b * f for b, f in zip(base, factors)], dtype=torch.float64,
-                                        device=self._device)
-                    for group, base in self._base_lr.items()}
-        # regularize_'s decoupled decay, scaled with the schedule but not with the LR itself
-        self._decay = self._per_trial(
-            [1.0 - c.strength * f if c.reg == "wd" else 1.0 for c, f in zip(self._cfgs, factors)], skip=1.0)
+        """Each trial's LR multiplier (its `lr_factor`, lr_t / lr_base) for the coming steps."""
+        for group, buffer in self._lr.items():
+            self._put(buffer, [lrs[group] * f for lrs, f in zip(self._lrs, factors)])
+        terms = [penalty(c, f) for c, f in zip(self._cfgs, factors)]
+        self._decay = self._put(self._decay, [t.decay for t in terms], unused=1.0)
+        self._l1 = self._put(self._l1, [t.l1_gamma for t in terms], unused=0.0)
+        self._l2 = self._put(self._l2, [t.l2 for t in terms], unused=0.0)
 
-    def lr(self, i: int) -> float:
-        """Trial i's current weights LR, as train() reports it."""
-        return self._base_lr["weights"][i] * self._factors[i]
+    def _put(self, buffer: torch.Tensor | None, values: list[float],
+             unused: float | None = None) -> torch.Tensor | None:
+        """`values` into `buffer`, made when first needed (not while every value is `unused`).
+        Computed in Python floats, as torch's own step takes its LR, then rounded once to float32."""
+        if buffer is None:
+            if all(v == unused for v in values):
+                return None
+            buffer = torch.empty(len(values), device=self._device)
+        return buffer.copy_(torch.tensor(values, dtype=torch.float64))
+
+    def step(self, update: Callable[[], object] | None = None) -> None:
+        """One update of every trial, from the gradients in the packed parameters' `.grad`.
+        `update` is the torch optimizer's step (`optimizer.step`, or a compiled version of it)."""
+        self._regularize_()
+        (update or self.optimizer.step)()
+        self._apply_()
 
     @torch.no_grad()
-    def step(self) -> None:
-        self._step += 1
+    def _regularize_(self) -> None:
+        """Each trial's regularizer terms, into its slices of the parameters and their gradients,
+        which become the deltas' gradients."""
         n = len(self._cfgs)
-        for (group, p), state in zip(self._params, self._state):
+        for (group, p), delta in zip(self._params, self._deltas):
+            delta.grad = p.grad
             if p.grad is None:
                 continue
             pv, g = p.unflatten(0, (n, -1)), p.grad.unflatten(0, (n, -1))  # [N, k, ...] views
-            shape = (n,) + (1,) * (pv.dim() - 1)
             if self._decay is not None:
-                pv.mul_(self._decay.view(shape))
+                pv.mul_(_per_trial(self._decay, pv))
             if self._l1 is not None and group == "gamma":
-                g.addcmul_(torch.sign(pv), self._l1.view(shape))
+                g.addcmul_(torch.sign(pv), _per_trial(self._l1, pv))
             if self._l2 is not None:
-                g = torch.addcmul(g, pv, self._l2.view(shape))
-            self._update(pv, g, state, self._lr[group].view(shape), self._step, self._options)
+                g.addcmul_(pv, _per_trial(self._l2, pv))
+        torch._foreach_zero_(self._deltas)
+
+    @torch.no_grad()
+    def _apply_(self) -> None:
+        """p += lr_i * delta on trial i's slice of every parameter."""
+        n = len(self._cfgs)
+        for (group, p), delta in zip(self._params, self._deltas):
+            if p.grad is not None:
+                pv = p.unflatten(0, (n, -1))
+                pv.addcmul_(delta.unflatten(0, (n, -1)), _per_trial(self._lr[group], pv))
 
 
-# ---- packing rules and the loop -------------------------------------------------------------
+# ---- which trials pack ----------------------------------------------------------------------
+
+
+def _shared_settings(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Every setting that a pack's trials share (those not marked PER_TRIAL), by dotted path."""
+    out: dict[str, Any] = {}
+    for name, field in type(cfg).model_fields.items():
+        if field.json_schema_extra == PER_TRIAL:
+            continue
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            out.update(_shared_settings(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def _alone(remedy: Remedy, cfg: TrialConfig) -> str | None:
+    """Why this trial can share a pack with no other, or None."""
+    if remedy.only_configures():
+        return None
+    packable = [name for name, build in REMEDIES.items() if build(cfg).only_configures()]
+    return (f"remedy {cfg.train.remedy!r} changes the model or acts between epochs; "
+            f"packable remedies: {', '.join(packable)}")
+
+
+def pack_refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) -> str | None:
+    """None when trials with these remedies and configured settings can train as one pack, else why not."""
+    if not run_cfgs:
+        return "no trials to pack"
+    for i, (remedy, cfg) in enumerate(zip(remedies, run_cfgs)):
+        reason = _alone(remedy, cfg)
+        if reason is not None:
+            return f"trial {i}: {reason}"
+    # Compared after each remedy's `configure`: what is trained must match, not how it was asked for.
+    settings = [_shared_settings(cfg) for cfg in run_cfgs]
+    for key, first in settings[0].items():
+        for i, other in enumerate(settings[1:], start=1):
+            if other[key] != first:
+                return f"{key} differs: {first!r} (trial 0) vs {other[key]!r} (trial {i})"
+    return None
 
 
 def can_pack(cfgs: Sequence[TrialConfig]) -> str | None:
     """None when `cfgs` can train as one pack, else the reason they cannot."""
-    if not cfgs:
-        return "no trials to pack"
-    for i, cfg in enumerate(cfgs):
-        if cfg.train.remedy not in _CONFIG_ONLY_REMEDIES:
-            return (f"trial {i}: remedy {cfg.train.remedy!r} changes the model or acts between epochs; "
-                    f"packable remedies: {', '.join(_CONFIG_ONLY_REMEDIES)}")
-        if cfg.train.compile:
-            return f"trial {i}: compile=True is not supported in a pack"
-    # Compared after each remedy's `configure`: what is trained must match, not how it was asked for.
-    settings = [build_remedy(cfg).configure(cfg).flat() for cfg in cfgs]
-    for key, first in settings[0].items():
-        if key in _MAY_DIFFER:
-            continue
-        for i, other in enumerate(settings[1:], start=1):
-            if other[key] != first:
-                return f"{key} differs: {first!r} (trial 0) vs {other[key]!r} (trial {i})"
-    return _unsupported_optimizer(cfgs[0].train.optimizer)
+    trials = [configured(cfg) for cfg in cfgs]
+    return pack_refusal([remedy for remedy, _ in trials], [run_cfg for _, run_cfg in trials])
 
 
-def _initial_pack(cfgs: Sequence[TrialConfig], run_cfgs: Sequence[TrialConfig], data: ImageData) -> PackedConvNet:
-    nets = []
-    for cfg, run_cfg in zip(cfgs, run_cfgs):
-        # train()'s initialisation: the trial's seed, then its model (load_dataset draws nothing
-        # from torch's global RNG, so loading once for the pack changes no trial's weights).
-        torch.manual_seed(cfg.seed)
-        nets.append(build_model(run_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels))
-    return PackedConvNet(nets)
-
-
-def _train_epoch(model: PackedConvNet, loaders: Sequence[BatchLoader], optimizer: _PackedOptimizer,
-                 alive: torch.Tensor, autocast: torch.autocast) -> torch.Tensor:
-    """One pass over every trial's batches; returns each trial's loss summed over the steps [N]."""
-    model.train()
-    loss_sum = torch.zeros(model.n, device=alive.device)
-    for batches in zip(*loaders):
-        x = torch.cat([b[0] for b in batches], dim=1)  # [B, N*Cin, H, W]
-        y = torch.stack([b[1] for b in batches], dim=1)  # [B, N]
-        with autocast:
-            # [B, classes, N] against [B, N]: each trial's mean cross-entropy, [N]
-            losses = F.cross_entropy(model(x).transpose(1, 2), y, reduction="none").mean(dim=0)
-        alive &= losses.isfinite()
-        model.zero_grad(set_to_none=True)
-        # Summed, each trial's gradients are its solo gradients. A diverged trial's loss is masked
-        # out so the sum stays finite; no layer mixes trials, so its NaNs stay in its own slices.
-        torch.where(alive, losses, 0.0).sum().backward()
-        optimizer.step()
-        loss_sum += losses.detach()
-    return loss_sum
-
-
-def train_packed(cfgs: Sequence[TrialConfig], report: PackReport | None = None) -> list[TrialResult]:
-    """Train `cfgs` as one packed network; trial i ends as `train(cfgs[i])` would, up to float rounding.
-
-    `report(i, metrics)` is called after each epoch for every trial still training. A trial whose
-    loss turns NaN/inf reports that epoch (diverged) and stops being reported, as in train(); the
-    others train on. Each result's `wall_time_s` is the pack's time until that trial finished.
-    """
-    reason = can_pack(cfgs)
-    if reason is not None:
-        raise ValueError(f"cannot pack these trials: {reason}")
-    start_time = time.perf_counter()
-    device = resolve_device(cfgs[0].device)
-    run_cfgs = [build_remedy(cfg).configure(cfg) for cfg in cfgs]
-    data = load_dataset(run_cfgs[0].dataset, device)
-    model = _initial_pack(cfgs, run_cfgs, data).to(device)
-    on_gpu = device.type == "cuda"
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _PackedOptimizer(model, [c.train for c in run_cfgs])
-    train_cfg = run_cfgs[0].train  # batching, epochs and precision are the same for the whole pack
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu and train_cfg.precision == "bf16")
-    # Each trial draws its own batches from its own generator, seeded as in train().
-    loaders = [
-        BatchLoader(data, "train", train_cfg.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
-                    generator=torch.Generator(device=device).manual_seed(cfg.seed), drop_last=True,
-                    channels_last=on_gpu)
-        for cfg, run_cfg in zip(cfgs, run_cfgs)
-    ]
-    steps = len(loaders[0])
-    if steps == 0:
-        raise ValueError(f"batch_size {train_cfg.batch_size} exceeds the {len(data.train_y)} "
-                         f"training images of {run_cfgs[0].dataset.name!r}; use a smaller train.batch_size")
-    total = train_cfg.total_epochs
-    histories: list[list[EpochMetrics]] = [[] for _ in cfgs]
-    results: dict[int, TrialResult] = {}
-    alive = torch.ones(len(cfgs), dtype=torch.bool, device=device)  # finite loss so far, kept on the device
-    for epoch in range(1, total + 1):
-        optimizer.set_lr_factors([lr_factor(c.train, epoch - 1) for c in run_cfgs])
-        loss_sums = _train_epoch(model, loaders, optimizer, alive, autocast).tolist()  # the epoch's one sync
-        for i in [i for i in range(len(cfgs)) if i not in results]:
-            train_loss = loss_sums[i] / steps
-            diverged = not math.isfinite(train_loss)
-            trial = model.unpack(i)
-            metrics = measure_epoch(trial, run_cfgs[i], data, epoch, optimizer.lr(i), train_loss, diverged)
-            histories[i].append(metrics)
-            if report is not None:
-                report(i, metrics)
-            if diverged or epoch == total:
-                status: Status = "diverged" if diverged else "ok"
-                message = f"training loss became {train_loss} at epoch {epoch}" if diverged else ""
-                results[i] = TrialResult(cfgs[i], status, histories[i], time.perf_counter() - start_time,
-                                         trial, message)
-        if len(results) == len(cfgs):
-            break
-    return [results[i] for i in range(len(cfgs))]
+def pack_key(cfg: TrialConfig) -> Hashable | None:
+    """Trials with equal keys can train as one pack (`can_pack` says None); None for a trial that
+    can share a pack with no other."""
+    remedy, run_cfg = configured(cfg)
+    return None if _alone(remedy, run_cfg) else tuple(_shared_settings(run_cfg).items())

@@ -3,7 +3,9 @@
 One core, `remove_filters(model, keep)`, returns a smaller deep copy: each ConvBlock keeps the
 filters its mask keeps, the next conv (or, after the last conv, the classifier's first Linear) loses
 the matching input channels. `prune_dead` (the paper's experiment), `slim_prune` (network slimming,
-Liu et al. 2017) and `l1_norm_prune` (Li et al. 2017) only choose the masks.
+Liu et al. 2017) and `l1_norm_prune` (Li et al. 2017) only choose the masks. Beside the surgery,
+what it saves: `conv_weight_count`, `count_flops`, `inference_latency` (a trial's pruned network is
+measured in `sparsity_core.measure`).
 
 Why the pruned model is eval-equivalent. In eval mode a filter outputs act(gamma / s * z + beta')
 with z its conv response, s = sqrt(running_var + eps) and beta' = beta - gamma * running_mean / s.
@@ -40,11 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import ImageData
 from .models import ConvBlock, ConvNet, conv_blocks
-from .sparsity import ACT_THRESHOLD, GAMMA_THRESHOLD, filter_stats
+from .sparsity import ACT_THRESHOLD, GAMMA_THRESHOLD
 
 __all__ = [
+    "Criterion",
     "ConstConv2d",
     "remove_filters",
     "prune_dead",
@@ -55,16 +57,9 @@ __all__ = [
     "conv_weight_count",
     "count_flops",
     "inference_latency",
-    "pruned_metrics",
 ]
 
 Criterion = Literal["gamma", "activation"]
-
-# pruned_metrics runs at the end of every trial: up to 5 timed forwards per model, cut to about
-# 0.25 s of timing each (one warm-up forward), so a 1/8-width BasicNet on CPU spends ~1 s timing.
-_LATENCY_REPEATS = 5
-_LATENCY_BUDGET_S = 0.25
-
 
 class ConstConv2d(nn.Conv2d):
     """A conv whose input had constant channels that were removed.
@@ -363,52 +358,3 @@ def _timed_forward(model: nn.Module, x: torch.Tensor) -> float:
     model(x)
     _sync(x.device)
     return time.perf_counter() - start
-
-
-def _latency(model: nn.Module, x: torch.Tensor) -> float:
-    return inference_latency(model, x, warmup=1, repeats=_LATENCY_REPEATS, budget_s=_LATENCY_BUDGET_S)
-
-
-def pruned_metrics(
-    model: nn.Module,
-    data: ImageData,
-    eval_batch_size: int,
-    by: Criterion = "gamma",
-    *,
-    max_act: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """Prune `model`'s dead filters and measure what that costs and saves.
-
-    pruned_test_err: test error (%) of the pruned model; conv_params_pruned_pct and flops_pruned_pct:
-    % of conv weights and of FLOPs (one input of the data's shape) removed; pruned_speedup: eval
-    latency unpruned / pruned on the model's device, batch min(eval_batch_size, test-set size);
-    l1norm_pruned_test_err / slim_pruned_test_err: the test error when Li et al.'s L1-norm pruning
-    (same count per layer) or network slimming (same count overall) removes as many filters instead.
-    by="activation" measures max activations over the training set unless `max_act` is given.
-    """
-    from .train import evaluate  # train.py imports this module
-
-    if by == "activation" and max_act is None:
-        stats = filter_stats(model, data, eval_batch_size)
-        max_act = {name: s.max_act for name, s in stats.items() if s.max_act is not None}
-    pruned = prune_dead(model, by=by, max_act=max_act)
-    _, pruned_err = evaluate(pruned, data, eval_batch_size)
-    # The explicit methods, on the same trained network and at the same parameter reduction: L1-norm
-    # pruning removes as many filters in each layer, network slimming as many in the whole network.
-    keep = dead_keep_masks(model, by=by, max_act=max_act)
-    removed = {name: 1.0 - mask.float().mean().item() for name, mask in keep.items()}
-    total_removed = sum((~mask).sum().item() for mask in keep.values()) / sum(m.numel() for m in keep.values())
-    _, l1norm_err = evaluate(l1_norm_prune(model, removed), data, eval_batch_size)
-    _, slim_err = evaluate(slim_prune(model, total_removed), data, eval_batch_size)
-    device = next(model.parameters()).device
-    one = data.normalize(data.test_x[:1]).to(device)
-    batch = data.normalize(data.test_x[: min(eval_batch_size, len(data.test_y))]).to(device)
-    full_flops, pruned_flops = count_flops(model, one), count_flops(pruned, one)
-    return {
-        "pruned_test_err": pruned_err,
-        "conv_params_pruned_pct": 100.0 * (1 - conv_weight_count(pruned) / conv_weight_count(model)),
-        "flops_pruned_pct": 100.0 * (1 - pruned_flops / full_flops),
-        "pruned_speedup": _latency(model, batch) / _latency(pruned, batch),
-        "l1norm_pruned_test_err": l1norm_err,
-        "slim_pruned_test_err": slim_err,
-    }

@@ -41,6 +41,7 @@ __all__ = [
     "revive_dead_filters",
     "REMEDIES",
     "build_remedy",
+    "configured",
     "PAPER_GAMMA_LR_SCALE",
     "PSBN_SHIFT",
 ]
@@ -69,6 +70,18 @@ class Remedy:
         """Called after each epoch's training steps; returns filters revived (or shifted) per layer
         on the epochs where the remedy acted, else None."""
         return None
+
+    @classmethod
+    def only_configures(cls) -> bool:
+        """Whether `configure` is the only hook it overrides: it then changes what is trained and
+        nothing else, so its trial can share a pack, which has no model or optimizer of a trial's
+        own for the other hooks to act on."""
+        return all(getattr(cls, hook) is getattr(Remedy, hook) for hook in _MODEL_HOOKS)
+
+
+# The hooks that act on a trial's own model or optimizer: every public method of Remedy but these two.
+_MODEL_HOOKS = tuple(name for name in vars(Remedy) if not name.startswith("_")
+                     and name not in ("configure", "only_configures"))
 
 
 class LeakyReluRemedy(Remedy):
@@ -317,3 +330,9 @@ REMEDIES: dict[str, Callable[[TrialConfig], Remedy]] = {
 
 def build_remedy(cfg: TrialConfig) -> Remedy:
     return REMEDIES[cfg.train.remedy](cfg)
+
+
+def configured(cfg: TrialConfig) -> tuple[Remedy, TrialConfig]:
+    """The trial's remedy and the config it actually trains (its `configure`, run once here)."""
+    remedy = build_remedy(cfg)
+    return remedy, remedy.configure(cfg)

@@ -1,10 +1,16 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+import sparsity_core
 
 
 def test_sparsity_core_imports_no_orchestration_libraries():
     code = (
-        "import sys, sparsity_core, sparsity_core.train; "
+        "import sys, sparsity_core, sparsity_core.loop; "
         "bad = [m for m in ('ray', 'optuna', 'polars', 'plotly', 'pyarrow', 'pandas') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -22,6 +28,25 @@ def test_the_report_imports_neither_optuna_nor_ray_nor_torch():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_every_sparsity_core_module_imports_alone():
+    # Each module imported first into a fresh, empty package (its __init__ not run): an import cycle
+    # cannot hide behind the order in which __init__ happens to import the modules.
+    code = (
+        "import importlib, pkgutil, sys, types\n"
+        "import sparsity_core\n"
+        "path = list(sparsity_core.__path__)\n"
+        "for info in pkgutil.iter_modules(path):\n"
+        "    for key in [k for k in sys.modules if k.split('.')[0] == 'sparsity_core']:\n"
+        "        del sys.modules[key]\n"
+        "    package = types.ModuleType('sparsity_core')\n"
+        "    package.__path__ = path\n"
+        "    sys.modules['sparsity_core'] = package\n"
+        "    importlib.import_module('sparsity_core.' + info.name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_importing_the_runner_changes_no_environment_variable():
     # The libraries first: some set variables of their own on import (ray, polars, torch._dynamo).
     code = (
@@ -32,3 +57,19 @@ def test_importing_the_runner_changes_no_environment_variable():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _imports_sparsity_core(node: ast.AST) -> bool:
+    if isinstance(node, ast.ImportFrom):
+        return node.level > 0 or (node.module or "").split(".")[0] == "sparsity_core"
+    return isinstance(node, ast.Import) and any(a.name.split(".")[0] == "sparsity_core" for a in node.names)
+
+
+def test_sparsity_core_imports_its_own_modules_at_the_top_only():
+    # A module importing another inside a function is how a cycle is dodged rather than removed.
+    for source in Path(sparsity_core.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if _imports_sparsity_core(inner):
+                        pytest.fail(f"{source.name}:{inner.lineno} imports sparsity_core inside {node.name}()")

@@ -3,8 +3,8 @@ import torch
 
 from sparsity_core.config import OPTIMIZER_NAMES, REGULARIZER_NAMES, TrainConfig
 from sparsity_core.models import BasicNet, conv_blocks
-from sparsity_core.optim import OPTIMIZERS, build_optimizer, lr_factor, regularize_, set_lr
-from sparsity_core.train import train
+from sparsity_core.optim import OPTIMIZERS, REGULARIZERS, build_optimizer, lr_factor, regularize_, set_lr
+from sparsity_core.loop import train
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
@@ -14,6 +14,10 @@ def test_every_optimizer_and_regularizer_trains(tiny, optimizer, reg):
     assert result.status == "ok"
     assert result.final.epoch == 1
     assert result.final.train_loss > 0
+
+
+def test_registries_cover_every_name():
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES and tuple(REGULARIZERS) == REGULARIZER_NAMES
 
 
 def test_paper_base_lrs():

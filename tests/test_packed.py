@@ -7,17 +7,18 @@ thread count alone, and no repacking can match it closer than that. At 16x16 a s
 reproducible to ~1e-7 across thread counts, and so is a packed trial against its solo run.
 """
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsity_core import TrialConfig, train
+from sparsity_core import EpochMetrics, TrialConfig, train, train_packed
 from sparsity_core.config import OPTIMIZER_NAMES, REGULARIZER_NAMES, TrainConfig
 from sparsity_core.models import BasicNet, ConvNet
 from sparsity_core.optim import build_optimizer, regularize_, set_lr
-from sparsity_core.packed import PackedConvNet, _PackedOptimizer, can_pack, train_packed
+from sparsity_core.packed import PackedConvNet, PackedOptimizer, can_pack, pack_key
 
 
 def _trial(seed: int = 0, gamma_init: float = 1.0, epochs: int = 2, **train_settings) -> TrialConfig:
@@ -73,16 +74,22 @@ def test_packing_refuses_different_architectures():
         PackedConvNet([BasicNet(width=0.125), BasicNet(width=0.25)])
 
 
+# The packed update is torch's at lr=1, times the LR: one rounding from torch's own, of the parameter
+# (float32 eps 1.2e-7) or of an update (up to ~1 in RMSprop's first steps).
+ULPS = {"rtol": 2.4e-7, "atol": 1e-7}
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
 def test_packed_optimizer_step_is_torchs_step_per_trial(optimizer):
-    """Given the same gradients, each trial's slice moves bit for bit as build_optimizer + regularize_
-    move its solo model: own LR, gamma/beta scales, regularizer and strength, across an LR step."""
+    """Given the same gradients, each trial's slice moves as build_optimizer + regularize_ move its
+    solo model, up to one rounding: own LR, gamma/beta scales, regularizer and strength, across an
+    LR step."""
     nets = _nets(len(REGULARIZER_NAMES))
     packed = PackedConvNet(nets)
     cfgs = [TrainConfig(optimizer=optimizer, reg=reg, strength=10.0 ** -(2 + i), lr=None if i == 0 else 0.01 * i,
                         gamma_lr_scale=0.1 * (i + 1), beta_lr_scale=1.0 / (i + 1))
             for i, reg in enumerate(REGULARIZER_NAMES)]
-    packed_opt = _PackedOptimizer(packed, cfgs)
+    packed_opt = PackedOptimizer(packed, cfgs)
     solo_opts = [build_optimizer(net, cfg) for net, cfg in zip(nets, cfgs)]
     g = torch.Generator().manual_seed(0)
     for step in range(4):
@@ -100,7 +107,8 @@ def test_packed_optimizer_step_is_torchs_step_per_trial(optimizer):
             opt.step()
     for i, net in enumerate(nets):
         for name, p in net.named_parameters():
-            assert torch.equal(packed.net.get_parameter(name).detach().unflatten(0, (len(cfgs), -1))[i], p), (i, name)
+            mine = packed.net.get_parameter(name).detach().unflatten(0, (len(cfgs), -1))[i]
+            torch.testing.assert_close(mine, p.detach(), **ULPS, msg=lambda m: f"{i} {name}: {m}")
 
 
 def _assert_same_run(packed, solo):
@@ -138,8 +146,8 @@ def test_packed_trial_equals_the_same_trial_trained_alone(pack):
     cfgs = PACKS[pack]
     assert can_pack(cfgs) is None
     reported = []
-    results = train_packed(cfgs, lambda i, m: reported.append((i, m.epoch)))
-    assert sorted(reported) == [(i, e) for i in range(3) for e in (1, 2)]
+    results = train_packed(cfgs, lambda metrics, state: reported.extend((i, m.epoch) for i, m in metrics.items()))
+    assert reported == [(i, e) for e in (1, 2) for i in range(3)]
     for cfg, packed in zip(cfgs, results):
         assert packed.config == cfg and type(packed.model) is ConvNet
         _assert_same_run(packed, train(cfg))
@@ -150,7 +158,8 @@ def test_a_diverging_trial_leaves_its_pack_mates_untouched():
             _trial(1, epochs=3, optimizer="sgd", reg="wd", strength=1e-2, lr=0.02),
             _trial(2, epochs=3, optimizer="sgd", reg="wd", strength=1e-4, lr=0.01)]
     reported = []
-    results = train_packed(cfgs, lambda i, m: reported.append((i, m.epoch, m.diverged)))
+    results = train_packed(cfgs, lambda metrics, state: reported.extend((i, m.epoch, m.diverged)
+                                                                        for i, m in metrics.items()))
     solo = [train(cfg) for cfg in cfgs]
     diverged, alone = results[0], solo[0]
     assert diverged.status == alone.status == "diverged" and "epoch" in diverged.message
@@ -160,6 +169,63 @@ def test_a_diverging_trial_leaves_its_pack_mates_untouched():
     for packed, alone in zip(results[1:], solo[1:]):
         assert packed.status == "ok" and len(packed.history) == 3
         _assert_same_run(packed, alone)
+
+
+RESUMABLE = {
+    "adam": [_trial(0, epochs=4, optimizer="adam", reg="l2", strength=1e-3),
+             _trial(1, 0.5, epochs=4, optimizer="adam", reg="wd", strength=1e-2, lr=5e-4, lr_steps=[3])],
+    # trial 0 diverges in epoch 1, before the checkpoint: it is reported again on resume
+    "sgd, one diverged": [_trial(0, epochs=4, optimizer="sgd", lr=1e8),
+                          _trial(1, epochs=4, optimizer="sgd", reg="wd", strength=1e-2, lr=0.02, gamma_lr_scale=0.1),
+                          _trial(2, 0.5, epochs=4, optimizer="sgd", reg="l1_gamma", strength=1e-4, lr=0.01)],
+}
+
+
+def _untimed(metrics: dict[int, EpochMetrics]) -> dict[int, EpochMetrics]:
+    """The metrics without the one timing in them (pruned_speedup), which no rerun repeats."""
+    return {i: m if m.pruned is None else dataclasses.replace(m, pruned=dataclasses.replace(m.pruned, pruned_speedup=0))
+            for i, m in metrics.items()}
+
+
+@pytest.mark.parametrize("pack", RESUMABLE)
+def test_a_pack_resumed_from_its_checkpoint_ends_as_an_uninterrupted_pack(pack):
+    cfgs = RESUMABLE[pack]
+    states, full_reports = {}, []
+
+    def record(metrics, state):
+        full_reports.append(_untimed(metrics))
+        states[next(iter(metrics.values())).epoch] = state
+
+    full = train_packed(cfgs, record, checkpoint_every=2)
+    assert states[1] is None and states[2] is not None and states[4] is not None
+    resumed_reports = []
+    resumed = train_packed(cfgs, lambda metrics, state: resumed_reports.append(_untimed(metrics)), resume=states[2])
+    ended = {i: r.final for i, r in enumerate(full) if r.final.epoch <= 2}
+    assert resumed_reports == [ended] * bool(ended) + full_reports[2:]  # every metric equal, bit for bit
+    for a, b in zip(full, resumed):
+        assert (a.status, a.message, _untimed({0: a.final})) == (b.status, b.message, _untimed({0: b.final}))
+        if a.status == "ok":
+            for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+                assert torch.equal(p, q), name
+
+
+@pytest.mark.integration  # compiling takes a while on 2 CPU cores
+def test_a_compiled_pack_matches_the_eager_pack():
+    # Two steps of SGD: its update is proportional to the gradient, where Adam's first step turns
+    # float noise into whole steps. Compiled kernels round differently: ~1e-4 in the first conv's
+    # gradients here, solo or packed, ~5e-5 in its weights after these two steps.
+    cfgs = [_trial(0, epochs=1, batch_size=128, optimizer="sgd", reg="wd", strength=1e-3, lr=0.05),
+            _trial(1, 0.5, epochs=1, batch_size=128, optimizer="sgd", reg="l2", strength=1e-3, lr=0.02)]
+    torch.compiler.reset()
+    compiled = train_packed([c.model_copy(update={"train": c.train.model_copy(update={"compile": True})})
+                             for c in cfgs])
+    eager = train_packed(cfgs)
+    for a, b in zip(compiled, eager):
+        assert a.status == b.status == "ok"
+        assert a.final.train_loss == pytest.approx(b.final.train_loss, rel=1e-5)
+        assert a.final.test_loss == pytest.approx(b.final.test_loss, rel=1e-4)
+        for (name, p), q in zip(b.model.state_dict().items(), a.model.state_dict().values()):
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=2e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -182,6 +248,16 @@ def test_can_pack_names_what_stands_in_the_way(change, reason):
     assert reason in can_pack([_trial(), other])
     with pytest.raises(ValueError, match="cannot pack"):
         train_packed([_trial(), other])
+
+
+def test_pack_key_groups_exactly_the_trials_that_can_pack():
+    trials = [_trial(0), _trial(1, 0.5, lr=1e-2, reg="wd", strength=1e-3, lr_steps=[]), _trial(2, optimizer="sgd"),
+              _trial(3, remedy="gamma_lr_scale"), _trial(4, remedy="leaky_relu"), _trial(5, remedy="revive")]
+    for a in trials:
+        for b in trials:
+            same = pack_key(a) is not None and pack_key(a) == pack_key(b)
+            assert same == (can_pack([a, b]) is None), (a.train, b.train)
+    assert pack_key(trials[-1]) is None
 
 
 def test_can_pack_accepts_per_trial_settings():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
 from sparsity_core.data import ImageData
+from sparsity_core.measure import evaluate, pruned_metrics
 from sparsity_core.models import MODELS, BasicNet, ConvNet, conv_blocks
 from sparsity_core.prune import (
     ConstConv2d,
@@ -17,12 +19,10 @@ from sparsity_core.prune import (
     dead_keep_masks,
     l1_norm_prune,
     prune_dead,
-    pruned_metrics,
     remove_filters,
     slim_prune,
 )
 from sparsity_core.sparsity import filter_stats
-from sparsity_core.train import evaluate
 
 # Planted dead filters: gamma 0, and betas of both signs. Under ReLU the negative ones output 0;
 # the positive ones output a constant that must be folded into the next layer.
@@ -196,19 +196,17 @@ def test_pruned_metrics(by):
     net.train()
     metrics = pruned_metrics(net, data, eval_batch_size=32, by=by)
     assert net.training  # restored after the eval-mode measurements
-    assert set(metrics) == {"pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct", "pruned_speedup",
-                            "l1norm_pruned_test_err", "slim_pruned_test_err"}
-    assert all(isinstance(v, float) for v in metrics.values())
-    assert metrics["pruned_test_err"] == evaluate(net, data, 32)[1]
-    assert 0 < metrics["flops_pruned_pct"] < 100 and metrics["pruned_speedup"] > 0
+    assert all(isinstance(v, float) for v in dataclasses.astuple(metrics))
+    assert metrics.pruned_test_err == evaluate(net, data, 32)[1]
+    assert 0 < metrics.flops_pruned_pct < 100 and metrics.pruned_speedup > 0
     max_act = {name: st.max_act for name, st in filter_stats(net, data, batch_size=32).items()}
     keep = dead_keep_masks(net, by=by, max_act=max_act)
     per_layer = {name: 1 - mask.float().mean().item() for name, mask in keep.items()}
-    assert metrics["l1norm_pruned_test_err"] == evaluate(l1_norm_prune(net, per_layer), data, 32)[1]
+    assert metrics.l1norm_pruned_test_err == evaluate(l1_norm_prune(net, per_layer), data, 32)[1]
     if by == "gamma":
         pruned = prune_dead(net)
         expected = 100 * (1 - conv_weight_count(pruned) / conv_weight_count(net))
-        assert metrics["conv_params_pruned_pct"] == pytest.approx(expected)
+        assert metrics.conv_params_pruned_pct == pytest.approx(expected)
 
 
 def test_slim_prune_removes_the_globally_smallest_gammas():

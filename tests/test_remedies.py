@@ -50,6 +50,12 @@ def test_registry_covers_every_remedy_name():
     assert set(REMEDIES) == set(REMEDY_NAMES)
 
 
+def test_a_remedy_packs_when_it_only_configures_the_trial():
+    cfg = TrialConfig()
+    assert {name: build(cfg).only_configures() for name, build in REMEDIES.items()} == {
+        "none": True, "leaky_relu": True, "gamma_lr_scale": True, "revive": False, "psbn": False}
+
+
 def test_leaky_relu_keeps_the_configured_slope():
     cfg = TrialConfig.model_validate({"model": {"negative_slope": 0.2}, "train": {"remedy": "leaky_relu"}})
     run = build_remedy(cfg).configure(cfg)

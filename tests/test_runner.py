@@ -9,11 +9,23 @@ import pytest
 import torch
 
 from orchestrator.spec import load_spec
-from sparsity_core import train
+from sparsity_core import train, train_packed
 
 from .integration import TINY, run_cli, start_cli, table, write_sweep
 
 pytestmark = pytest.mark.integration
+
+
+def _kill_when(proc, ready, failure: str, timeout_s: float = 240) -> None:
+    """SIGKILL the CLI run `proc` as soon as `ready()` holds (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{failure} in time")
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_two_trial_sweep_lands_in_parquet_and_resumes(tmp_path):
@@ -88,21 +100,19 @@ checkpoint_every: 4
     results = tmp_path / "results"
     proc = start_cli(sweep, "--results", results)
     trials_dir = results / "tiny" / "trials"
-    deadline = time.monotonic() + 240
     first_done, running = None, None
-    while time.monotonic() < deadline:
+
+    def second_trial_past_epoch_8() -> bool:
+        nonlocal first_done, running
         done = sorted(trials_dir.glob("*.parquet")) if trials_dir.exists() else []
         first_done = first_done or (done[0] if done else None)
         if first_done is not None:
             epochs = table(results, "tiny", "epochs").filter(pl.col("trial_id") != first_done.stem)
             if epochs.height and epochs["epoch"].max() >= 8:
                 running = epochs["trial_id"][0]
-                break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the sweep did not reach the second trial in time")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+        return running is not None
+
+    _kill_when(proc, second_trial_past_epoch_8, "the sweep did not reach the second trial")
     stamp = first_done.stat().st_mtime_ns
 
     out = run_cli(sweep, "--results", results)
@@ -187,3 +197,38 @@ def test_packed_trials_run_as_one_tune_trial_and_land_separately(tmp_path):
     epochs = table(results, "tiny", "epochs")
     assert epochs.height == 8 and epochs.select(["trial_id", "epoch"]).is_duplicated().sum() == 0
     assert table(results, "tiny", "layers").height == 4 * 2 * 7
+
+
+def test_killed_packed_sweep_resumes_from_the_packs_checkpoint(tmp_path):
+    sweep = write_sweep(tmp_path, """\
+dataset: {name: digits, image_size: 16}
+model: {width: 0.125}
+train: {epochs: 24, lr_steps: [16], optimizer: adam, reg: l2, snapshot_every: 0}
+device: cpu
+grid: {strength: [1.0e-3, 1.0e-4]}
+resources: {cpu: 1}
+checkpoint_every: 4
+pack: 2
+""")
+    results = tmp_path / "results"
+    proc = start_cli(sweep, "--results", results)
+    epochs_dir = results / "tiny" / "epochs"
+    _kill_when(proc, lambda: len(list(epochs_dir.glob("*.parquet"))) == 2
+               and table(results, "tiny", "epochs")["epoch"].max() >= 8, "the pack did not reach epoch 8")
+    assert not (results / "tiny" / "trials").exists()
+
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 trials packed into 1 packed models" in out.stdout
+    assert "2 unfinished trials continue from their last checkpoint" in out.stdout
+    epochs = table(results, "tiny", "epochs")
+    assert epochs.height == 48 and epochs.select(["trial_id", "epoch"]).is_duplicated().sum() == 0
+    trials = table(results, "tiny", "trials")
+    assert trials.height == 2 and set(trials["status"]) == {"ok"}
+
+    # Each trial ends where the uninterrupted pack ends.
+    torch.set_num_threads(1)
+    for cfg, reference in zip(cfgs := load_spec(sweep).trials, train_packed(cfgs)):
+        row = trials.filter(trials["trial_id"] == cfg.trial_id).row(0, named=True)
+        assert row["train_loss"] == pytest.approx(reference.final.train_loss, rel=1e-6)
+        assert row["test_err"] == reference.final.test_err

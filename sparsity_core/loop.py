@@ -1,0 +1,211 @@
+"""The one training loop: `train(cfg, report)` for a trial, `train_packed(cfgs, report)` for a pack.
+
+Both run `_run`; what differs (the model, the optimizer step, how many trials one step serves, how
+a trial's model is seen) is its `Engine` (`sparsity_core.engine`). The data stay on the training
+device as uint8 tensors; batches are gathered by index and flipped as batch ops, and the loop reads
+nothing back from the device inside an epoch (one sync per epoch for its metrics). A trial whose
+loss turns NaN/inf stops and returns status "diverged": data, not a crash.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .config import TrialConfig
+from .data import BatchLoader, load_dataset
+from .engine import Engine, PackedEngine, SoloEngine
+from .measure import due, measure_epoch
+from .metrics import EpochMetrics
+from .models import build_model
+from .optim import group_lrs, lr_factor
+from .remedies import configured
+
+__all__ = ["Status", "TrialResult", "Report", "PackReport", "resolve_device", "train", "train_packed"]
+
+Status = Literal["ok", "diverged"]
+
+
+@dataclass
+class TrialResult:
+    config: TrialConfig
+    status: Status
+    history: list[EpochMetrics]
+    wall_time_s: float
+    model: nn.Module = field(repr=False)
+    message: str = ""
+
+    @property
+    def trial_id(self) -> str:
+        return self.config.trial_id
+
+    @property
+    def final(self) -> EpochMetrics | None:
+        return self.history[-1] if self.history else None
+
+
+# report(metrics, state): `state` is a checkpoint (see `train`'s `resume`) on checkpoint epochs, else None.
+Report = Callable[[EpochMetrics, dict[str, Any] | None], None]
+# report(metrics by trial index, state): once an epoch for the whole pack (see `train_packed`).
+PackReport = Callable[[dict[int, EpochMetrics], dict[str, Any] | None], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(
+    cfg: TrialConfig,
+    report: Report | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    checkpoint_every: int = 0,
+) -> TrialResult:
+    """Train one configuration and measure its sparsity every epoch.
+
+    `report(metrics, state)` is called after each epoch; every `checkpoint_every` epochs (and at
+    the last) `state` holds everything needed to continue: pass it back as `resume` and training
+    picks up after that epoch, bit for bit on the same device.
+    """
+    each = None if report is None else lambda metrics, state: report(metrics[0], state)
+    return _run([cfg], SoloEngine, each, resume, checkpoint_every)[0]
+
+
+def train_packed(
+    cfgs: Sequence[TrialConfig],
+    report: PackReport | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    checkpoint_every: int = 0,
+) -> list[TrialResult]:
+    """Train `cfgs` as one packed network; trial i ends as `train(cfgs[i])` would, up to float
+    rounding. Raises ValueError when they cannot share a pack (see `can_pack`).
+
+    `report(metrics, state)` is called once after each epoch, `metrics` mapping the index of every
+    trial that trained in it to its metrics. A trial whose loss turns NaN/inf reports that epoch
+    (diverged) and no more, as in train(); the others train on. Every `checkpoint_every` epochs (and
+    at the last) `state` is the pack's checkpoint, given once for all its trials: pass it back as
+    `resume` with the same `cfgs` in the same order and training picks up after that epoch, bit for
+    bit on the same device; trials that had already ended report their final epoch again first
+    (state None), so a recorder that lost it sees every trial's end. Each result's `wall_time_s` is
+    the pack's time until that trial ended.
+    """
+    return _run(cfgs, PackedEngine, report, resume, checkpoint_every)
+
+
+def _ended(cfg: TrialConfig, history: list[EpochMetrics], model: nn.Module, start_time: float) -> TrialResult:
+    last = history[-1]
+    message = f"training loss became {last.train_loss} at epoch {last.epoch}" if last.diverged else ""
+    status: Status = "diverged" if last.diverged else "ok"
+    return TrialResult(cfg, status, history, time.perf_counter() - start_time, model, message)
+
+
+def _snapshot(epoch: int, engine: Engine, generators: list[torch.Generator],
+              ended: dict[int, EpochMetrics]) -> dict[str, Any]:
+    """A checkpoint after `epoch`: a copy, not views of the live tensors that the next epoch would
+    overwrite. `ended` holds the final metrics of every trial that has ended, reported again on resume."""
+    return copy.deepcopy({
+        "epoch": epoch,
+        "model": engine.model.state_dict(),
+        "optimizer": engine.optimizer.state_dict(),
+        "generators": [generator.get_state() for generator in generators],
+        "torch_rng": torch.get_rng_state(),
+        "ended": ended,
+    })
+
+
+def _restore(state: dict[str, Any], engine: Engine, generators: list[torch.Generator]) -> None:
+    engine.model.load_state_dict(state["model"])
+    engine.optimizer.load_state_dict(state["optimizer"])
+    for generator, generator_state in zip(generators, state["generators"], strict=True):
+        generator.set_state(generator_state)
+    torch.set_rng_state(state["torch_rng"])
+
+
+def _run(
+    cfgs: Sequence[TrialConfig],
+    engine_type: type[Engine],
+    report: PackReport | None,
+    resume: dict[str, Any] | None,
+    checkpoint_every: int,
+) -> list[TrialResult]:
+    start_time = time.perf_counter()
+    configs = [configured(cfg) for cfg in cfgs]  # each remedy's `configure` runs here, once
+    remedies, run_cfgs = [remedy for remedy, _ in configs], [run_cfg for _, run_cfg in configs]
+    reason = engine_type.refusal(remedies, run_cfgs)
+    if reason is not None:
+        raise ValueError(reason)
+    device = resolve_device(cfgs[0].device)
+    data = load_dataset(run_cfgs[0].dataset, device)
+    models = []
+    for cfg, run_cfg, remedy in zip(cfgs, run_cfgs, remedies):
+        # A trial's initial weights come from its seed alone (load_dataset draws nothing from torch's RNG).
+        torch.manual_seed(cfg.seed)
+        model = build_model(run_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+        models.append(remedy.prepare_model(model).to(device))
+    engine = engine_type(models, [c.train for c in run_cfgs], device)
+    # Each trial draws its own batches from its own generator, seeded with its seed.
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed) for cfg in cfgs]
+    shared = run_cfgs[0].train  # batching, epochs and precision are the same for a whole pack
+    # drop_last: a final batch of one image would break BatchNorm's training statistics.
+    loaders = [BatchLoader(data, "train", shared.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
+                           generator=generator, drop_last=True, channels_last=device.type == "cuda")
+               for run_cfg, generator in zip(run_cfgs, generators)]
+    steps = len(loaders[0])
+    if steps == 0:
+        raise ValueError(f"batch_size {shared.batch_size} exceeds the {len(data.train_y)} training images "
+                         f"of {run_cfgs[0].dataset.name!r}; use a smaller train.batch_size")
+
+    histories: list[list[EpochMetrics]] = [[] for _ in cfgs]
+    results: dict[int, TrialResult] = {}  # the trials that have ended, by index
+    start_epoch = 0
+    if resume is not None:
+        _restore(resume, engine, generators)
+        start_epoch = resume["epoch"]
+        for i, last in resume["ended"].items():
+            histories[i].append(last)
+            results[i] = _ended(cfgs[i], histories[i], engine.trial(i), start_time)
+        if report is not None and resume["ended"]:
+            report(dict(resume["ended"]), None)
+
+    total = shared.total_epochs
+    for epoch in range(start_epoch + 1, total + 1):
+        if len(results) == len(cfgs):
+            break
+        factors = [lr_factor(c.train, epoch - 1) for c in run_cfgs]
+        engine.set_lr_factors(factors)
+        engine.model.train()
+        loss_sum = torch.zeros(len(cfgs), device=device)
+        for batches in zip(*loaders):
+            loss_sum += engine.step(batches)
+        train_losses = [s / steps for s in loss_sum.tolist()]  # the epoch's one device sync
+
+        measured: dict[int, EpochMetrics] = {}
+        seen: dict[int, nn.Module] = {}
+        for i in [i for i in range(len(cfgs)) if i not in results]:
+            diverged = not math.isfinite(train_losses[i])
+            seen[i] = model = engine.trial(i)
+            revived = None if diverged else remedies[i].after_epoch(model, engine.optimizer, epoch, data)
+            lr = group_lrs(run_cfgs[i].train)["weights"] * factors[i]
+            measured[i] = measure_epoch(model, run_cfgs[i], data, epoch, lr, train_losses[i], diverged, revived)
+            histories[i].append(measured[i])
+        ending = {i: m for i, m in measured.items() if m.diverged or epoch == total}
+        state = None
+        # Of use while a trial trains on, or has ended well (at the last epoch).
+        useful = not all(m.diverged for m in measured.values())
+        if checkpoint_every > 0 and due(epoch, checkpoint_every, total) and useful:
+            state = _snapshot(epoch, engine, generators, {**{i: r.final for i, r in results.items()}, **ending})
+        if report is not None:
+            report(measured, state)
+        for i in ending:
+            results[i] = _ended(cfgs[i], histories[i], seen[i], start_time)
+    return [results[i] for i in range(len(cfgs))]
