@@ -39,9 +39,11 @@ def _hover_columns(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     return shown, [*columns, "n_seeds"]
 
 
-def pareto_figure(points: pl.DataFrame) -> go.Figure:
+def pareto_figure(points: pl.DataFrame, stopped: pl.DataFrame | None = None) -> go.Figure:
     """Total % dead filters (by gamma) against test error, one point per configuration (mean over
-    seeds, bars one std), the non-dominated front as a line. Input: `results.pareto_points`."""
+    seeds, bars one std), the non-dominated front as a line. Input: `results.pareto_points`.
+    `stopped` (`results.stopped_points`): trials stopped early, as open markers, one series per
+    epoch reached: measured then, not at the end."""
     title = "Sparsity vs test error (Pareto front: most dead filters, least error)"
     points = points.filter(pl.col("dead_gamma_pct_mean").is_finite() & pl.col("test_err_mean").is_finite())
     if points.is_empty():
@@ -59,6 +61,13 @@ def pareto_figure(points: pl.DataFrame) -> go.Figure:
         x=front["test_err_mean"].to_list(), y=front["dead_gamma_pct_mean"].to_list(), mode="lines",
         line={"dash": "dash", "color": "black"}, name="Pareto front", hoverinfo="skip",
     ))
+    for epoch in sorted(stopped["epochs_run"].unique()) if stopped is not None else []:
+        early = stopped.filter(pl.col("epochs_run") == epoch)
+        fig.add_trace(go.Scatter(
+            x=early["test_err"].to_list(), y=early["dead_gamma_pct"].to_list(), mode="markers",
+            marker={"symbol": "circle-open", "size": 9, "color": "grey"}, name=f"stopped at epoch {epoch}",
+            hovertext=early["config"].to_list(),
+        ))
     return fig
 
 

@@ -2,10 +2,13 @@
 
 Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
 a supplement table has the configuration), claims.md (the paper's claims checked on the data),
-pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html and index.html linking
-them. Every HTML page embeds plotly.js, so it opens with no network.
+pareto.html, layers.html, gamma_beta.html, universality.html, lowgrad.html, early_stopping.md (what
+early stopping would have saved and lost on this sweep) and index.html linking them. Every HTML page
+embeds plotly.js, so it opens with no network.
 
 `python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
+`python orchestrator/report.py RESULTS/<sweep> --replay-early-stopping [--sweep FILE]` prints only the
+replay, as one JSON line (the scheduler's default settings, or the sweep file's).
 Exit codes: 0 written, 2 bad input (nothing written).
 """
 
@@ -16,6 +19,7 @@ import html
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,10 +27,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import plotly.graph_objects as go  # noqa: E402
 import polars as pl  # noqa: E402
 
-from orchestrator import claims, figures, paper, plots, results  # noqa: E402
+from orchestrator import claims, early_stopping, figures, paper, plots, results  # noqa: E402
 from sparsity_core.lowgrad import simulate_low_gradient  # noqa: E402
 
-__all__ = ["ReportError", "build_report", "write_lowgrad", "markdown_table", "main"]
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
+
+__all__ = ["ReportError", "build_report", "replay_early_stopping", "write_lowgrad", "markdown_table", "main"]
 
 FIGURES = ("pareto.html", "layers.html", "gamma_beta.html", "universality.html", "lowgrad.html")
 # Table columns: (metric, header, decimals). Percentages and errors in percent, losses as they are.
@@ -188,6 +195,56 @@ def write_claims(claims: pl.DataFrame, out: Path, sweep: str) -> None:
     (out / "claims.md").write_text("\n".join(lines))
 
 
+# --- early stopping --------------------------------------------------------------------------------
+
+
+def replay_early_stopping(tables: results.Results, spec: SweepSpec | None = None) -> early_stopping.ReplayResult:
+    """What early stopping would have done to this sweep: with the `early_stopping:` settings of the
+    sweep file `spec` and its search's objectives, else the scheduler's defaults (which judge the
+    default objectives). ReportError when the sweep cannot be replayed."""
+    settings = (spec.early_stopping if spec is not None else None) or early_stopping.EarlyStopping()
+    search = spec.optuna.objectives if spec is not None and spec.optuna is not None else None
+    try:
+        return early_stopping.replay(tables.epochs, tables.trials, settings, search)
+    except ValueError as e:
+        raise ReportError(f"cannot replay early stopping on this sweep: {e}") from None
+
+
+def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: Path, sweep: str) -> None:
+    """early_stopping.md: the replay's savings, the front points it would have lost, per rung the
+    trials it would have stopped and how well the rung ranks the trials as they end; or why the
+    sweep cannot be replayed."""
+    lines = [f"# {sweep}: early stopping, replayed", ""]
+    try:
+        r = replay_early_stopping(tables, spec)
+    except ReportError as e:
+        (out / "early_stopping.md").write_text("\n".join([*lines, f"Not replayed: {e}", ""]))
+        return
+    source = "the sweep file's settings" if spec is not None and spec.early_stopping else "the scheduler's defaults"
+    lost = ", ".join(f"{p['trial_id']} (at epoch {p['epoch']})" for p in r.front_stopped) or "none"
+    lines += [
+        f"Objectives {', '.join(r.objectives)}; rungs at epochs {', '.join(str(g['epoch']) for g in r.rungs)}; "
+        f"reduction factor {r.reduction_factor:g}; at least {r.min_trials_per_rung} trials at a rung before "
+        f"it stops any ({source}). Trials reach a rung in the order estimated from their start and wall "
+        "time; a live run frees slots early and can decide a few trials differently.",
+        "",
+        f"- {r.trials_stopped} of {r.trials} trials stopped, {r.epochs_saved} of {r.epochs_run} epochs saved "
+        f"(**{r.epochs_saved_pct:.1f}%**).",
+        f"- Final Pareto front (trials that ran to the end): {r.front_size} trials, **{r.front_kept} kept**; "
+        f"stopped: {lost}.",
+        "",
+        "## Per rung",
+        "",
+        markdown_table(pl.DataFrame(r.rungs)),
+        "",
+        "## Rank correlation of a rung with the end (Kendall's tau-b over the trials that ran to the end)",
+        "",
+        markdown_table(pl.DataFrame(r.rank_correlation).with_columns(pl.col("kendall_tau", "p_value").round(3))),
+        "",
+    ]
+    (out / "early_stopping.md").write_text("\n".join(lines))
+
+
 # --- figures and index -----------------------------------------------------------------------------
 
 
@@ -214,6 +271,7 @@ def _index(sweep: str, tables: results.Results, agg: pl.DataFrame, verdicts: pl.
     varying = ", ".join(results.varying_settings(agg)) or "nothing"
     links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
              ("claims.md", "the paper's claims checked"),
+             ("early_stopping.md", "early stopping replayed: epochs it would save, front points it would lose"),
              ("pareto.html", "sparsity vs test error, Pareto front"), ("layers.html", "dead filters per layer"),
              ("gamma_beta.html", "BN gamma and beta over training (Fig. 1)"),
              ("universality.html", "feature universality per layer (Fig. 2)"),
@@ -247,21 +305,27 @@ def _check_input(sweep_dir: Path) -> None:
                           "(python orchestrator/run.py sweeps/<sweep>.yaml) or pass its results folder")
 
 
+def _load(folder: Path) -> results.Results:
+    _check_input(folder)
+    try:
+        return results.load_results(folder)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ReportError(f"{folder}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
+                          "re-run the sweep's failed trials or remove the damaged files") from None
+
+
 def build_report(
     sweep_dir: str | Path,
     out: str | Path | None = None,
     *,
     layers: Sequence[str] | None = None,
     lowgrad_iterations: int = 10_000,
+    spec: SweepSpec | None = None,
 ) -> Path:
-    """Write every report file for the sweep in `sweep_dir` into `out` (default: `<sweep_dir>/report`)."""
+    """Write every report file for the sweep in `sweep_dir` into `out` (default: `<sweep_dir>/report`).
+    `spec`: the sweep file, whose early-stopping settings the replay uses (default: the scheduler's)."""
     folder = Path(sweep_dir)
-    _check_input(folder)
-    try:
-        tables = results.load_results(folder)
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise ReportError(f"{folder}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
-                          "re-run the sweep's failed trials or remove the damaged files") from None
+    tables = _load(folder)
     agg = results.aggregate(tables.trials, tables.layers)
     if agg.is_empty():
         counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
@@ -281,8 +345,9 @@ def build_report(
     verdicts = claims.check_claims(agg, lowgrad)
     write_tables(agg, target, sweep)
     write_claims(verdicts, target, sweep)
+    write_early_stopping(tables, spec, target, sweep)
     pages = {
-        "pareto.html": plots.pareto_figure(results.pareto_points(agg)),
+        "pareto.html": plots.pareto_figure(results.pareto_points(agg), results.stopped_points(tables.trials)),
         "layers.html": plots.layers_figure(figures.layer_profile(agg)),
         "gamma_beta.html": plots.gamma_beta_figure(
             figures.gamma_beta_quantiles(tables.filters, tables.trials, layers)),
@@ -306,6 +371,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="only run the low-gradient simulation and write OUTDIR/lowgrad.html")
     p.add_argument("--lowgrad-iterations", type=int, default=10_000,
                    help="iterations of the low-gradient simulation (default: 10000)")
+    p.add_argument("--replay-early-stopping", action="store_true",
+                   help="only print, as one JSON line, what early stopping would have saved and lost")
+    p.add_argument("--sweep", default=None, metavar="FILE",
+                   help="the sweep file whose early_stopping settings and objectives the replay uses "
+                        "(default: the scheduler's defaults)")
     return p
 
 
@@ -319,16 +389,36 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --lowgrad-iterations must be a positive number of iterations", file=sys.stderr)
         return 2
     if args.lowgrad is not None:
+        if args.replay_early_stopping or args.sweep:
+            print("error: --replay-early-stopping and --sweep replay a sweep's results: pass its results "
+                  "folder instead of --lowgrad", file=sys.stderr)
+            return 2
         print(f"wrote {write_lowgrad(args.lowgrad, args.lowgrad_iterations)}")
         return 0
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     try:
-        target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations)
+        spec = _sweep_spec(args.sweep)
+        if args.replay_early_stopping:
+            print(replay_early_stopping(_load(Path(args.sweep_dir)), spec).to_json())
+            return 0
+        target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations,
+                              spec=spec)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, {', '.join(FIGURES)}")
+    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, early_stopping.md, {', '.join(FIGURES)}")
     return 0
+
+
+def _sweep_spec(path: str | None) -> SweepSpec | None:
+    if path is None:
+        return None
+    from orchestrator.spec import SpecError, load_spec  # Optuna, for the sweep file's search section
+
+    try:
+        return load_spec(path).spec
+    except SpecError as e:
+        raise ReportError(f"--sweep {e}") from None
 
 
 if __name__ == "__main__":
