@@ -230,8 +230,10 @@ def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: P
         "",
         f"- {r.trials_stopped} of {r.trials} trials stopped, {r.epochs_saved} of {r.epochs_run} epochs saved "
         f"(**{r.epochs_saved_pct:.1f}%**).",
-        f"- Final Pareto front (trials that ran to the end): {r.front_size} trials, **{r.front_kept} kept**; "
+        f"- Final Pareto front (trials that ran to the end): size {r.front_size}, **{r.front_kept} kept**; "
         f"stopped: {lost}.",
+        *([f"- {live} trials were stopped when the sweep ran; here they count with the epochs they ran."]
+          if (live := tables.trials.filter(pl.col("status") == "stopped").height) else []),
         "",
         "## Per rung",
         "",
@@ -239,7 +241,7 @@ def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: P
         "",
         "## Rank correlation of a rung with the end (Kendall's tau-b over the trials that ran to the end)",
         "",
-        markdown_table(pl.DataFrame(r.rank_correlation).with_columns(pl.col("kendall_tau", "p_value").round(3))),
+        markdown_table(pl.DataFrame(r.rank_correlation).with_columns(pl.col("kendall_tau", "p_value").cast(pl.Float64).round(3))),
         "",
     ]
     (out / "early_stopping.md").write_text("\n".join(lines))

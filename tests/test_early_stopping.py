@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -434,7 +435,11 @@ def test_replay_cli_on_a_planted_store(tmp_path, capsys) -> None:
     report.write_early_stopping(load_results(store.path), load_spec(sweep).spec, out, "planted")
     page = (out / "early_stopping.md").read_text()
     assert "2 of 5 trials stopped, 12 of 45 epochs saved (**26.7%**)" in page
-    assert "3 trials, **2 kept**; stopped: t2 (at epoch 3)" in page and "the sweep file's settings" in page
+    assert "size 3, **2 kept**; stopped: t2 (at epoch 3)" in page and "the sweep file's settings" in page
+    # Two trials: too few for a rank correlation, which the page shows blank.
+    two = dataclasses.replace(load_results(store.path), trials=load_results(store.path).trials.head(2))
+    report.write_early_stopping(two, load_spec(sweep).spec, out, "planted")
+    assert "| 3 | test_err | 2 |  |  |" in (out / "early_stopping.md").read_text()
     # The scheduler's defaults (first rung at epoch 10) cannot judge 9-epoch trials: the page says why.
     report.write_early_stopping(load_results(store.path), None, out, "planted")
     assert "Not replayed" in (out / "early_stopping.md").read_text()
@@ -464,3 +469,20 @@ def test_pareto_flags_leave_stopped_trials_out(tmp_path) -> None:
     flags = {t: store.read("trials", t)[0]["on_pareto_front"] for t in planted}
     # c would dominate both, but it was measured at a rung: it is not compared, and not flagged.
     assert flags == {"a": True, "b": False, "c": None, "d": False}
+
+
+def test_stopped_trials_are_their_own_series_in_the_pareto_figure(tmp_path) -> None:
+    from orchestrator import plots, results
+
+    store = _planted_store(tmp_path)
+    trial = store.read("trials", "t4")[0]
+    store.write("trials", "t4", [{**trial, "status": "stopped", "epochs_run": 3, "dead_gamma_pct": 1.0,
+                                  "test_err": 70.0}])
+    tables = load_results(store.path)
+    stopped = results.stopped_points(tables.trials)
+    assert stopped.select("trial_id", "epochs_run", "test_err").rows() == [("t4", 3, 70.0)]
+    # Kept out of the seed averages: the configurations average the four trials that ran to the end.
+    assert results.aggregate(tables.trials, tables.layers)["n_seeds"].sum() == 4
+    fig = plots.pareto_figure(results.pareto_points(results.aggregate(tables.trials, tables.layers)), stopped)
+    early = [t for t in fig.data if t.name == "stopped at epoch 3"]
+    assert len(early) == 1 and list(early[0].x) == [70.0] and list(early[0].y) == [1.0]
