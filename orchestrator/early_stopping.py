@@ -23,9 +23,9 @@ A point measured early. A stopped trial's objectives are its values at the rung 
 late and error keeps falling, so such a point is not comparable with a finished trial's final
 values: it would look dominated (or, for an objective that worsens with training, flatter than it
 is). The report must keep the two apart: the final Pareto front, its hypervolume and
-`on_pareto_front` are computed over finished trials only (a stopped row's flag is null, not false);
-stopped trials are drawn as their own series, labelled with the epoch they reached, and compared only
-with other trials' values at the same rung.
+`on_pareto_front` are computed over the trials that ran to the end (`store.COMPLETED`; a stopped
+row's flag is null, not false); stopped trials are drawn as their own series, labelled with the
+epoch they reached, and compared only with other trials' values at the same rung.
 
 Replay. `replay` takes a finished sweep's epochs and trials tables and runs the same `RungJudge` over
 them. Trials reach a rung in the order of their estimated arrival there: a trial started at
@@ -56,8 +56,8 @@ from scipy import stats
 from sparsity_core.metrics import EpochMetrics, scalar_fields
 
 from .pareto import non_dominated_ranks, survivors, to_costs
-from .search import Objective, OptunaSpec
-from .store import FINISHED
+from .objectives import Objective, default_objectives, distinct
+from .store import COMPLETED
 
 __all__ = ["EarlyStopping", "RungJudge", "ReplayResult", "replay", "per_epoch_metrics"]
 
@@ -65,10 +65,6 @@ __all__ = ["EarlyStopping", "RungJudge", "ReplayResult", "replay", "per_epoch_me
 def per_epoch_metrics() -> list[str]:
     """The metrics every epoch's report carries (a rung can be judged on): float, never None."""
     return [c.name for c in scalar_fields(EpochMetrics) if c.type is float and not c.nullable]
-
-
-def _default_objectives() -> list[Objective]:
-    return OptunaSpec.model_fields["objectives"].default_factory()
 
 
 class EarlyStopping(BaseModel):
@@ -90,10 +86,7 @@ class EarlyStopping(BaseModel):
     @classmethod
     def _judgeable(cls, objectives: list[Objective] | None) -> list[Objective] | None:
         if objectives is not None:
-            _check_judgeable(objectives, "list here")
-            metrics = [o.metric for o in objectives]
-            if len(set(metrics)) != len(metrics):
-                raise ValueError(f"each metric may appear once; got {', '.join(metrics)}")
+            _check_judgeable(distinct(objectives), "list here")
         return objectives
 
     @field_validator("rungs")
@@ -118,7 +111,7 @@ class EarlyStopping(BaseModel):
         the search's defaults). Raises ValueError naming the key when one is not reported every epoch."""
         if self.objectives is not None:
             return list(self.objectives)
-        objectives = list(search) if search is not None else _default_objectives()
+        objectives = list(search) if search is not None else default_objectives()
         _check_judgeable(objectives, "set early_stopping.objectives to")
         return objectives
 
@@ -278,7 +271,7 @@ def replay(
     metrics = [o.metric for o in objectives]
     epochs = epochs.join(trials.select("trial_id"), on="trial_id", how="semi")
     epochs_run = dict(epochs.group_by("trial_id").agg(pl.col("epoch").max()).iter_rows())
-    finished = trials.filter(pl.col("status").is_in(list(FINISHED)))
+    finished = trials.filter(pl.col("status").is_in(list(COMPLETED)))
     last_epoch = max((epochs_run.get(t, 0) for t in finished["trial_id"]), default=0)
     if not last_epoch:
         raise ValueError("no finished trial with epoch rows: nothing to replay (run the sweep first)")

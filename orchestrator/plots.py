@@ -73,11 +73,14 @@ def _panels(panels: list[tuple[Trace, int, int]], rows: int, cols: int, titles: 
     return fig
 
 
-def pareto_figure(points: pl.DataFrame, seeds: pl.DataFrame | None = None) -> go.Figure:
+def pareto_figure(points: pl.DataFrame, seeds: pl.DataFrame | None = None,
+                  stopped: pl.DataFrame | None = None) -> go.Figure:
     """Total % dead filters (by gamma) against test error: one point per configuration (mean over
     seeds, bars one std on both axes; color: optimizer, symbol: regularizer), each seed's own point
     faint behind it, and the non-dominated configurations ringed and joined, so a front of one
-    configuration shows too. Input: `results.pareto_points`, `figures.seed_points`."""
+    configuration shows too. Input: `results.pareto_points`, `figures.seed_points`. `stopped`
+    (`results.stopped_points`): trials stopped early, as open grey markers, one series per epoch
+    reached: measured then, not at the end."""
     title = "Sparsity vs test error (Pareto front: most dead filters, least error)"
     points = points.filter(pl.col("dead_gamma_pct_mean").is_finite() & pl.col("test_err_mean").is_finite())
     if points.is_empty():
@@ -109,6 +112,13 @@ def pareto_figure(points: pl.DataFrame, seeds: pl.DataFrame | None = None) -> go
         marker={"symbol": "circle-open", "size": 18, "color": "black", "line": {"width": 2}},
         text=front["config"].to_list(), hovertemplate="front: %{text}<extra></extra>",
     ))
+    for epoch in sorted(stopped["epochs_run"].unique()) if stopped is not None else []:
+        early = stopped.filter(pl.col("epochs_run") == epoch)
+        traces.append(go.Scatter(
+            x=early["test_err"].to_list(), y=early["dead_gamma_pct"].to_list(), mode="markers",
+            marker={"symbol": "circle-open", "size": 9, "color": "grey"}, name=f"stopped at epoch {epoch}",
+            hovertext=early["config"].to_list(),
+        ))
     fig = go.Figure(traces)
     fig.update_layout(title=title, xaxis_title="test error (%)", yaxis_title="dead filters by gamma (%)",
                       yaxis_range=_PERCENT_RANGE)

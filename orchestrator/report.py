@@ -5,11 +5,14 @@ The sweep's results are read where they live: a folder (`results/quick`) or any 
 variables); a remote sweep's report goes to the local folder `report/<sweep>/` unless `--out` says.
 Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
 a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
-on the per-seed values), pareto.html, layers.html, trajectories.html, gamma_beta.html,
-universality.html, lowgrad.html and index.html linking them. The pages share one plotly.min.js
-written beside them, so the folder opens with no network.
+on the per-seed values), early_stopping.md (what early stopping would have saved and lost on this
+sweep), pareto.html, layers.html, trajectories.html, gamma_beta.html, universality.html, lowgrad.html
+and index.html linking them. The pages share one plotly.min.js written beside them, so the folder
+opens with no network.
 
 `python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
+`python orchestrator/report.py RESULTS/<sweep> --replay-early-stopping [--sweep FILE]` prints only the
+replay, as one JSON line (the scheduler's default settings, or the sweep file's).
 Exit codes: 0 written, 2 bad input (nothing written).
 """
 
@@ -25,6 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,10 +39,14 @@ import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 
-from orchestrator import claims, figures, paper, plots, results, stats  # noqa: E402
+from orchestrator import claims, early_stopping, figures, paper, plots, results, stats  # noqa: E402
 from orchestrator.store import ResultStore  # noqa: E402
 
-__all__ = ["ReportError", "build_report", "lowgrad_data", "write_lowgrad", "markdown_table", "main"]
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
+
+__all__ = ["ReportError", "build_report", "lowgrad_data", "replay_early_stopping", "write_lowgrad",
+           "markdown_table", "main"]
 
 FIGURES = ("pareto.html", "layers.html", "trajectories.html", "gamma_beta.html", "universality.html",
            "lowgrad.html")
@@ -287,6 +295,60 @@ def write_claims(verdicts: pl.DataFrame, out: Path, sweep: str) -> None:
     claims.claims_table(verdicts).write_csv(out / "claims.csv")
 
 
+# --- early stopping --------------------------------------------------------------------------------
+
+
+def replay_early_stopping(tables: results.Results, spec: SweepSpec | None = None) -> early_stopping.ReplayResult:
+    """What early stopping would have done to this sweep: with the `early_stopping:` settings of the
+    sweep file `spec` and its search's objectives, else the scheduler's defaults (which judge the
+    default objectives). ReportError when the sweep cannot be replayed."""
+    settings = (spec.early_stopping if spec is not None else None) or early_stopping.EarlyStopping()
+    search = spec.optuna.objectives if spec is not None and spec.optuna is not None else None
+    try:
+        objectives = [o.metric for o in settings.objectives_for(search)]
+        epochs = tables.epochs.select("trial_id", "epoch", *objectives).collect()
+        return early_stopping.replay(epochs, tables.trials, settings, search)
+    except ValueError as e:
+        raise ReportError(f"cannot replay early stopping on this sweep: {e}") from None
+
+
+def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: Path, sweep: str) -> None:
+    """early_stopping.md: the replay's savings, the front points it would have lost, per rung the
+    trials it would have stopped and how well the rung ranks the trials as they end; or why the
+    sweep cannot be replayed."""
+    lines = [f"# {sweep}: early stopping, replayed", ""]
+    try:
+        r = replay_early_stopping(tables, spec)
+    except ReportError as e:
+        (out / "early_stopping.md").write_text("\n".join([*lines, f"Not replayed: {e}", ""]))
+        return
+    source = "the sweep file's settings" if spec is not None and spec.early_stopping else "the scheduler's defaults"
+    lost = ", ".join(f"{p['trial_id']} (at epoch {p['epoch']})" for p in r.front_stopped) or "none"
+    lines += [
+        f"Objectives {', '.join(r.objectives)}; rungs at epochs {', '.join(str(g['epoch']) for g in r.rungs)}; "
+        f"reduction factor {r.reduction_factor:g}; at least {r.min_trials_per_rung} trials at a rung before "
+        f"it stops any ({source}). Trials reach a rung in the order estimated from their start and wall "
+        "time; a live run frees slots early and can decide a few trials differently.",
+        "",
+        f"- {r.trials_stopped} of {r.trials} trials stopped, {r.epochs_saved} of {r.epochs_run} epochs saved "
+        f"(**{r.epochs_saved_pct:.1f}%**).",
+        f"- Final Pareto front (trials that ran to the end): size {r.front_size}, **{r.front_kept} kept**; "
+        f"stopped: {lost}.",
+        *([f"- {live} trials were stopped when the sweep ran; here they count with the epochs they ran."]
+          if (live := tables.trials.filter(pl.col("status") == "stopped").height) else []),
+        "",
+        "## Per rung",
+        "",
+        markdown_table(pl.DataFrame(r.rungs)),
+        "",
+        "## Rank correlation of a rung with the end (Kendall's tau-b over the trials that ran to the end)",
+        "",
+        markdown_table(pl.DataFrame(r.rank_correlation).with_columns(pl.col("kendall_tau", "p_value").cast(pl.Float64).round(3))),
+        "",
+    ]
+    (out / "early_stopping.md").write_text("\n".join(lines))
+
+
 # --- figures and index -----------------------------------------------------------------------------
 
 
@@ -348,6 +410,7 @@ def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, verdicts: pl.Dat
     varying = ", ".join(results.varying_settings(agg)) or "nothing"
     links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
              ("claims.md", "the paper's claims checked"),
+             ("early_stopping.md", "early stopping replayed: epochs it would save, front points it would lose"),
              ("pareto.html", "sparsity vs test error, Pareto front"), ("layers.html", "dead filters per layer"),
              ("trajectories.html", "dead filters and test error over the epochs"),
              ("gamma_beta.html", "BN gamma and beta over training (Fig. 1)"),
@@ -403,21 +466,31 @@ def _default_out(store: ResultStore) -> Path:
     return Path(store.path) / "report" if store.is_local else Path("report") / store.sweep
 
 
+def _load(store: ResultStore) -> results.Results:
+    try:
+        return results.load_results(store)
+    except _READ_ERRORS as e:
+        raise ReportError(f"{store.uri}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
+                          "re-run the sweep's failed trials or remove the damaged files") from None
+
+
 def build_report(
     sweep_dir: str | Path,
     out: str | Path | None = None,
     *,
     layers: Sequence[str] | None = None,
     lowgrad_iterations: int = 10_000,
+    spec: SweepSpec | None = None,
 ) -> Path:
     """Write every report file for the sweep at `sweep_dir` (a folder or a URI; see
     `results.open_sweep`) into the local folder `out` (default: `_default_out`). Every table and
-    figure is computed before the first file is written."""
+    figure is computed before the first file is written. `spec`: the sweep file, whose
+    early-stopping settings the replay uses (default: the scheduler's)."""
     if out is not None and "://" in str(out):
         raise ReportError(f"--out {out}: the report is written to a local folder; pass a path (e.g. report/)")
     store = _open(sweep_dir)
+    tables = _load(store)
     try:
-        tables = results.load_results(store)
         agg = results.aggregate(tables.trials, tables.layers)
         if agg.is_empty():
             counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
@@ -435,7 +508,8 @@ def build_report(
         lowgrad = lowgrad_data(lowgrad_iterations)
         verdicts = claims.check_claims(per_seed, lowgrad)
         pages = {
-            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(tables.trials)),
+            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(tables.trials),
+                                               results.stopped_points(tables.trials)),
             "layers.html": plots.layers_figure(figures.layer_profile(agg)),
             "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, tables.trials)),
             "gamma_beta.html": plots.gamma_beta_figure(
@@ -452,6 +526,7 @@ def build_report(
     target.mkdir(parents=True, exist_ok=True)
     write_tables(agg, target, store.sweep, per_seed)
     write_claims(verdicts, target, store.sweep)
+    write_early_stopping(tables, spec, target, store.sweep)
     _write_pages(pages, target)
     (target / "index.html").write_text(_index(store.sweep, tables.trials, agg, verdicts))
     return target
@@ -470,6 +545,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="only run the low-gradient simulation and write OUTDIR/lowgrad.html")
     p.add_argument("--lowgrad-iterations", type=int, default=10_000,
                    help="iterations of the low-gradient simulation (default: 10000)")
+    p.add_argument("--replay-early-stopping", action="store_true",
+                   help="only print, as one JSON line, what early stopping would have saved and lost")
+    p.add_argument("--sweep", default=None, metavar="FILE",
+                   help="the sweep file whose early_stopping settings and objectives the replay uses "
+                        "(default: the scheduler's defaults)")
     return p
 
 
@@ -483,16 +563,37 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --lowgrad-iterations must be a positive number of iterations", file=sys.stderr)
         return 2
     if args.lowgrad is not None:
+        if args.replay_early_stopping or args.sweep:
+            print("error: --replay-early-stopping and --sweep replay a sweep's results: pass its results "
+                  "folder instead of --lowgrad", file=sys.stderr)
+            return 2
         print(f"wrote {write_lowgrad(args.lowgrad, args.lowgrad_iterations)}")
         return 0
     layers = [x.strip() for x in args.layers.split(",") if x.strip()] if args.layers else None
     try:
-        target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations)
+        spec = _sweep_spec(args.sweep)
+        if args.replay_early_stopping:
+            print(replay_early_stopping(_load(_open(args.sweep_dir)), spec).to_json())
+            return 0
+        target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations,
+                              spec=spec)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, {', '.join(FIGURES)}, {PLOTLY_JS}")
+    print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, claims.csv, early_stopping.md, "
+          f"{', '.join(FIGURES)}, {PLOTLY_JS}")
     return 0
+
+
+def _sweep_spec(path: str | None) -> SweepSpec | None:
+    if path is None:
+        return None
+    from orchestrator.spec import SpecError, load_spec  # Optuna, for the sweep file's search section
+
+    try:
+        return load_spec(path).spec
+    except SpecError as e:
+        raise ReportError(f"--sweep {e}") from None
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ __all__ = [
     "pareto_front",
     "PARETO_OBJECTIVES",
     "pareto_points",
+    "stopped_points",
 ]
 
 # The study's main axes lead, as in the paper's tables; then every other setting but the seed.
@@ -228,3 +229,10 @@ PARETO_OBJECTIVES: dict[str, Mode] = {"dead_gamma_pct_mean": "max", "test_err_me
 def pareto_points(agg: pl.DataFrame) -> pl.DataFrame:
     """`agg` with `on_front`: not dominated in (most dead filters, least test error)."""
     return agg.with_columns(pareto_front(agg, PARETO_OBJECTIVES).alias("on_front"))
+
+
+def stopped_points(trials: pl.DataFrame) -> pl.DataFrame:
+    """The trials an early-stopping rule stopped, with their `config` label, the epoch they reached
+    (`epochs_run`) and their metrics there: points measured early, so neither averaged with
+    finished seeds (`aggregate` takes ok trials) nor compared with them on the front."""
+    return _with_config_label(trials, label_columns(trials)).filter(pl.col("status") == "stopped")

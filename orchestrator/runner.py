@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from sparsity_core import EpochMetrics, TrialConfig, pack_key, train, train_pack
 from sparsity_core.config import alias_paths
 
 from .results import pareto_front
+from .scheduler import MultiObjectiveASHA
 from .search import default_storage, make_searcher, trials_left
 from .spec import Sweep, trial_config, varying_settings
 from .store import FINISHED, ResultStore, SweepWriter
@@ -190,11 +191,13 @@ class _Configs:
 
 class StoreCallback(tune.Callback):
     """Hands each Tune trial's reports, and its end, to the store's writer. A packed Tune trial's
-    members each get their own rows (a report names its member by ID_KEY)."""
+    members each get their own rows (a report names its member by ID_KEY). `stopped`: Tune ids of
+    trials an early-stopping scheduler stopped (filled as the sweep runs)."""
 
-    def __init__(self, writer: SweepWriter, configs: _Configs):
+    def __init__(self, writer: SweepWriter, configs: _Configs, stopped: Container[str] = frozenset()):
         self.writer = writer
         self.configs = configs
+        self.stopped = stopped
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         cfg = self.configs.of(trial)[result[ID_KEY]]
@@ -202,7 +205,7 @@ class StoreCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         for cfg in self.configs.of(trial).values():
-            self.writer.finish(cfg)
+            self.writer.finish(cfg, stopped=trial.trial_id in self.stopped)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Tune writes the traceback to the trial's local folder first and syncs it to storage later.
@@ -243,7 +246,7 @@ class ProgressCallback(tune.Callback):
 
 
 def status_counts(statuses: dict[str, str]) -> dict[str, int]:
-    return {s: sum(v == s for v in statuses.values()) for s in ("ok", "diverged", "failed")}
+    return {s: sum(v == s for v in statuses.values()) for s in (*FINISHED, "failed")}
 
 
 def _duration(seconds: float) -> str:
@@ -287,8 +290,10 @@ class _Plan:
     lines: tuple[str, ...]  # logged before it starts
     members: Any  # param_space["trials"]: the `_member`s of each Tune trial
     num_samples: int
-    search: dict[str, Any]  # TuneConfig's search_alg, if any
+    # Tune ids of trials stopped early -> TuneConfig's search_alg, if any
+    search: Callable[[Container[str]], dict[str, Any]]
     resume: Callable[[dict[str, str]], dict[str, str]]  # the earlier run's checkpoints -> those to use
+    earlier: tuple[str, ...]  # finished trials this run leaves as they are
     finish: Callable[[], None]  # after the last trial
 
 
@@ -312,20 +317,23 @@ def _grid_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
         return kept
 
     return _Plan(len(trials), len(todo), tuple(lines), tune.grid_search([[_member(t) for t in p] for p in packs]),
-                 num_samples=1, search={}, resume=resume, finish=lambda: None)
+                 num_samples=1, search=lambda stopped: {}, resume=resume,
+                 earlier=tuple(t for t in finished if t not in todo_ids), finish=lambda: None)
 
 
 def _search_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
     """The rest of an Optuna search from the sweep's one base trial; a sampled config that equals an
-    interrupted trial's continues from its checkpoint."""
+    interrupted trial's continues from its checkpoint (a finished trial's is not resumed)."""
     spec, optuna = sweep.spec, sweep.spec.optuna
     storage = optuna.storage or default_storage(store.uri)
     todo = trials_left(optuna, spec.name, storage)
     line = (f"search {spec.name!r}: {optuna.n_trials} trials, {optuna.n_trials - todo} already finished, "
             f"{todo} to run (searching: {', '.join(optuna.space)}); study in {storage}; results in {store.uri}")
+    finished = tuple(t for t, s in store.finished().items() if s in FINISHED)
     return _Plan(optuna.n_trials, todo, (line,), [_member(sweep.trials[0])], num_samples=todo,
-                 search={"search_alg": make_searcher(optuna, spec.name, storage)},
-                 resume=lambda checkpoints: checkpoints, finish=lambda: mark_pareto_front(store, optuna.objectives))
+                 search=lambda stopped: {"search_alg": make_searcher(optuna, spec.name, storage, stopped)},
+                 resume=lambda checkpoints: {t: p for t, p in checkpoints.items() if t not in finished},
+                 earlier=finished, finish=lambda: mark_pareto_front(store, optuna.objectives))
 
 
 def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_progress: bool = False) -> SweepSummary:
@@ -345,7 +353,10 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
         os.environ.setdefault(name, value)
     configs = _Configs(sweep.trials)
     writer = SweepWriter(store, code_version())
-    callbacks: list[tune.Callback] = [StoreCallback(writer, configs), ProgressCallback(plan.todo, writer.statuses)]
+    scheduler = _scheduler(sweep, store, plan.earlier)
+    stopped = scheduler.stopped if scheduler is not None else frozenset()
+    callbacks: list[tune.Callback] = [StoreCallback(writer, configs, stopped),
+                                      ProgressCallback(plan.todo, writer.statuses)]
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(_trainable, filesystem=store.fs, resume_from=resume_from),
@@ -365,7 +376,8 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
             max_concurrent_trials=spec.resources.max_concurrent,
             trial_name_creator=configs.name,
             trial_dirname_creator=configs.name,
-            **plan.search,
+            scheduler=scheduler,
+            **plan.search(stopped),
         ),
         run_config=tune.RunConfig(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -387,12 +399,37 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
     return SweepSummary(plan.total, skipped, dict(writer.statuses))
 
 
+def _scheduler(sweep: Sweep, store: ResultStore, earlier: Iterable[str]) -> MultiObjectiveASHA | None:
+    """The sweep's early-stopping scheduler (None without `early_stopping:`), its rule already
+    holding the rung values of `earlier` trials, so a resumed sweep judges new trials against them.
+
+    Recorded without decisions, so their order does not matter. Judge and scheduler name trials by
+    our trial id (ID_KEY), the name the earlier run's rows carry.
+    """
+    judge = sweep.judge()
+    if judge is None:
+        return None
+    for trial_id in earlier:
+        for row in store.read("epochs", trial_id):
+            judge.record(trial_id, row["epoch"], row)
+    _log.info(f"early stopping at epochs {', '.join(map(str, judge.rungs))}: the best 1/{judge.reduction_factor:g} "
+              f"by {', '.join(f'{m} ({mode})' for m, mode in judge.objectives)} go on, once {judge.min_trials} "
+              f"trials reached a rung ({max(map(len, judge.recorded.values()))} earlier trials there already)")
+    return MultiObjectiveASHA(judge, key_attr=ID_KEY)
+
+
 def mark_pareto_front(store: ResultStore, objectives) -> None:
-    """Set `on_pareto_front` on every trial row against the sweep's final set of trials."""
+    """Set `on_pareto_front` on every trial row against the sweep's final set of trials: over the
+    completed ones (failed ones, without metrics, are off it); a stopped trial's flag is null, its
+    metrics being a rung's."""
     rows = [row for trial_id in store.finished() for row in store.read("trials", trial_id)]
-    frame = pl.DataFrame({o.metric: [row[o.metric] for row in rows] for o in objectives},
+    compared = [row for row in rows if row["status"] != "stopped"]
+    frame = pl.DataFrame({o.metric: [row[o.metric] for row in compared] for o in objectives},
                          schema={o.metric: pl.Float64 for o in objectives})
-    for row, flag in zip(rows, pareto_front(frame, {o.metric: o.mode for o in objectives}).to_list()):
+    front = pareto_front(frame, {o.metric: o.mode for o in objectives}).to_list()
+    flags = dict(zip((row["trial_id"] for row in compared), front))
+    for row in rows:
+        flag = flags.get(row["trial_id"])
         if row["on_pareto_front"] != flag:
             store.write("trials", row["trial_id"], [{**row, "on_pareto_front": flag}])
 

@@ -1,4 +1,5 @@
-"""`MultiObjectiveASHA`: Ray Tune's side of `early_stopping.RungJudge`.
+"""Ray Tune's side of early stopping: `MultiObjectiveASHA` (the scheduler around
+`early_stopping.RungJudge`) and `OptunaSearchWithStops` (a search that records a stopped trial as pruned).
 
 Tune's own schedulers take one metric and read it (and its mode) from TuneConfig; a multi-objective
 OptunaSearch keeps its metric and mode lists to itself. So this scheduler is given its objectives
@@ -13,31 +14,36 @@ and one that Tune retries after an error is not judged again at rungs it already
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from .early_stopping import RungJudge
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
-__all__ = ["MultiObjectiveASHA"]
+__all__ = ["MultiObjectiveASHA", "OptunaSearchWithStops"]
 
 
 class MultiObjectiveASHA(FIFOScheduler):
     """Stop a trial at a rung when it is not among the best 1/eta of the trials that reached that
     rung, by non-dominated rank and crowding distance (see `orchestrator.early_stopping`).
 
-    `time_attr`: the reported key that counts epochs. `stopped`: Tune trial id -> the epoch it was
+    `time_attr`: the reported key that counts epochs. `key_attr`: the reported key that names a
+    trial to the judge (None: Tune's trial id), so that trials of an earlier run, recorded in the
+    judge under the same names, are the same trials. `stopped`: Tune trial id -> the epoch it was
     stopped at; its last report (the one Tune's callbacks saw last) is that rung's.
     """
 
-    def __init__(self, judge: RungJudge, time_attr: str = "epoch"):
+    def __init__(self, judge: RungJudge, time_attr: str = "epoch", key_attr: str | None = None):
         super().__init__()
         self.judge = judge
         self.time_attr = time_attr
+        self.key_attr = key_attr
         self.stopped: dict[str, int] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -46,7 +52,8 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         epoch = result.get(self.time_attr)
-        if epoch is None or self.judge.keeps(trial.trial_id, int(epoch), result):
+        key = trial.trial_id if self.key_attr is None else result[self.key_attr]
+        if epoch is None or self.judge.keeps(key, int(epoch), result):
             return TrialScheduler.CONTINUE
         self.stopped[trial.trial_id] = int(epoch)
         return TrialScheduler.STOP
@@ -55,3 +62,17 @@ class MultiObjectiveASHA(FIFOScheduler):
         rungs = " | ".join(f"epoch {r['epoch']}: {r['reached']} reached, {r['stopped']} stopped"
                            for r in self.judge.summary())
         return f"Using MultiObjectiveASHA ({len(self.stopped)} stopped): {rungs}"
+
+
+class OptunaSearchWithStops(OptunaSearch):
+    """Ray Tune's OptunaSearch, except that a trial in `stopped` (Tune ids; an early-stopping
+    scheduler's, filled as the sweep runs) ends in the study as PRUNED instead of COMPLETE with
+    its rung's values. OptunaSearch records a trial that ends without values and without an error
+    as PRUNED, so it is handed no values."""
+
+    def __init__(self, stopped: Container[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.stopped = stopped
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, None if trial_id in self.stopped else result, error)

@@ -2,8 +2,8 @@
 
 A sweep's `optuna:` section becomes an `OptunaSpec`: which trial settings to sample (by alias, e.g.
 `strength`), the objectives (by default: most dead filters, least test error), the sampler and the
-storage. `make_searcher` turns it into Ray Tune's `OptunaSearch`; the sampled values arrive in each
-Tune trial's `config` under the alias names.
+storage. `make_searcher` turns it into Ray Tune's `OptunaSearch` (a trial stopped early ends pruned);
+the sampled values arrive in each Tune trial's `config` under the alias names.
 
 Storage URLs (`OptunaSpec.storage`, or `default_storage` beside the results):
 - any SQLAlchemy URL (`sqlite:///abs/path.db`, `postgresql://user:pass@host/db`, whose driver,
@@ -19,12 +19,12 @@ A study is found again by its name: running the same sweep again continues it.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import optuna
-import pyarrow as pa
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -33,12 +33,13 @@ from optuna.distributions import (
 )
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
+from .objectives import Objective, default_objectives, distinct
 from .s3 import S3JournalBackend
-from .store import TABLES
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
@@ -49,7 +50,6 @@ __all__ = [
     "IntRange",
     "Categorical",
     "ParamSpec",
-    "Objective",
     "OptunaSpec",
     "SAMPLERS",
     "default_storage",
@@ -57,9 +57,6 @@ __all__ = [
     "make_searcher",
     "trials_left",
 ]
-
-Mode = Literal["min", "max"]
-
 
 class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -126,27 +123,6 @@ class Categorical(_Param):
 ParamSpec = Annotated[LogUniform | Uniform | IntRange | Categorical, Field(discriminator="type")]
 
 
-def _numeric_trial_columns() -> list[str]:
-    schema: pa.Schema = TABLES["trials"]
-    return [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
-
-
-class Objective(BaseModel):
-    """One objective: a numeric column of the trials table, maximised or minimised."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    metric: str
-    mode: Mode
-
-    @field_validator("metric")
-    @classmethod
-    def _numeric_column(cls, v: str) -> str:
-        valid = _numeric_trial_columns()
-        if v not in valid:
-            raise ValueError(f"unknown metric {v!r}{did_you_mean(v, valid)}; valid: {', '.join(valid)}")
-        return v
-
-
 def _check_setting(alias: str, value: Any) -> None:
     """Raise if `value` is not valid for the trial setting `alias` on its own (other settings default)."""
     section, _, leaf = alias_paths()[alias].rpartition(".")
@@ -168,13 +144,7 @@ class OptunaSpec(BaseModel):
 
     n_trials: int = Field(gt=0)
     space: dict[str, ParamSpec] = Field(min_length=1, description="trial-setting alias -> distribution")
-    objectives: list[Objective] = Field(
-        default_factory=lambda: [
-            Objective(metric="dead_gamma_pct", mode="max"),
-            Objective(metric="test_err", mode="min"),
-        ],
-        min_length=1,
-    )
+    objectives: list[Objective] = Field(default_factory=default_objectives, min_length=1)
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     population_size: int = Field(50, ge=2, description="nsga2 only: trials per generation (the first are random)")
     storage: str | None = Field(None, description="None: beside the results (see default_storage)")
@@ -196,10 +166,7 @@ class OptunaSpec(BaseModel):
     @field_validator("objectives")
     @classmethod
     def _distinct(cls, objectives: list[Objective]) -> list[Objective]:
-        metrics = [o.metric for o in objectives]
-        if len(set(metrics)) != len(metrics):
-            raise ValueError(f"each metric may appear once; got {', '.join(metrics)}")
-        return objectives
+        return distinct(objectives)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return {alias: param.distribution() for alias, param in self.space.items()}
@@ -266,21 +233,31 @@ def _existing_trials(storage: BaseStorage, study_name: str, directions: list[str
     return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
-def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str) -> OptunaSearch:
+def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str,
+                  stopped: Container[str] = frozenset()) -> OptunaSearch:
     """Ray Tune's OptunaSearch for `spec`, its study `study_name` kept in `storage_url`.
 
     Multi-objective: the metrics and modes are given to the searcher. Leave TuneConfig's metric and
-    mode unset: set there, Tune would hand the searcher a single objective. OptunaSearch creates the
-    study with load_if_exists=True, so an existing study of that name is continued; the sampler's
-    seed is then offset by the trials already there, so a resumed search does not replay the random
-    draws of its first run.
+    mode unset: set there, Tune would hand the searcher a single objective. The study is created
+    with load_if_exists=True, so an existing study of that name is continued; the sampler's seed is
+    then offset by the trials already there, so a resumed search does not replay the random draws
+    of its first run. The study names its objectives, so optuna-dashboard labels its axes with them.
+
+    `stopped`: the Tune ids of trials an early-stopping scheduler stopped (filled as the sweep
+    runs). The study records those as PRUNED: their values are a rung's, measured early, so they
+    must not stand on the study's front or be bred from (NSGA-II picks parents among COMPLETE trials).
     """
     storage = open_storage(storage_url)
     directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
     seed = spec.seed + _existing_trials(storage, study_name, directions)
-    from ray.tune.search.optuna import OptunaSearch  # Ray only where a search runs
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and the dashboard's only source of names
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in spec.objectives])
+    from .scheduler import OptunaSearchWithStops  # Ray only where a search runs
 
-    return OptunaSearch(
+    return OptunaSearchWithStops(
+        stopped,
         space=spec.distributions(),
         metric=[o.metric for o in spec.objectives],
         mode=[o.mode for o in spec.objectives],
@@ -291,12 +268,13 @@ def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str) -> Optuna
 
 
 def trials_left(spec: OptunaSpec, study_name: str, storage_url: str) -> int:
-    """Trials still to run for `n_trials` finished ones: what a resumed search should ask Tune for.
-    Failed and pruned trials do not count as finished."""
+    """Trials still to run for `n_trials` in all: what a resumed search should ask Tune for.
+    Completed trials count, and so do pruned ones (stopped early: a result, not a failure); failed
+    trials do not."""
     storage = open_storage(storage_url)
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
         return spec.n_trials
-    done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     return max(0, spec.n_trials - len(done))

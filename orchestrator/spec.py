@@ -3,8 +3,10 @@ together a `Sweep`.
 
 A sweep file holds fixed settings in sections that mirror `TrialConfig` (`dataset:`, `model:`,
 `train:`, plus `seed`/`device`), a `grid:` whose axes are multiplied out, `variants:` (rows of
-settings for tables that are not full grids) and `seeds:`. Grid axes and variant keys name a trial
-setting by its alias (`optimizer`) or its dotted path (`train.optimizer`).
+settings for tables that are not full grids) and `seeds:`; or an `optuna:` search from one fixed
+base. `early_stopping:` stops trials that are dominated at a rung (orchestrator.early_stopping).
+Grid axes and variant keys name a trial setting by its alias (`optimizer`) or its dotted path
+(`train.optimizer`).
 
 Every mistake raises `SpecError` with the file, the key and the fix; the CLI turns that into exit 2.
 """
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
+from .early_stopping import EarlyStopping, RungJudge
 from .search import OptunaSpec
 
 __all__ = ["SpecError", "SweepSpec", "Sweep", "Resources", "load_spec", "apply_override",
@@ -61,6 +64,9 @@ class SweepSpec(BaseModel):
     optuna: OptunaSpec | None = Field(
         None, description="search these settings with Optuna instead of a grid (the rest is the fixed base)"
     )
+    early_stopping: EarlyStopping | None = Field(
+        None, description="stop trials dominated at a rung epoch (`early_stopping: {}`: the defaults)"
+    )
 
     @model_validator(mode="after")
     def _modes_fit_together(self) -> SweepSpec:
@@ -69,6 +75,9 @@ class SweepSpec(BaseModel):
                              "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
         if self.pack > 1 and self.optuna is not None:
             raise ValueError("`pack:` trains a grid's trials together: use it without `optuna:`")
+        if self.pack > 1 and self.early_stopping is not None:
+            raise ValueError("`early_stopping:` stops single trials, and a stop would end every trial of a "
+                             "packed model: use it with pack: 1, or drop early_stopping")
         return self
 
 
@@ -79,6 +88,16 @@ class Sweep:
 
     spec: SweepSpec
     trials: tuple[TrialConfig, ...]
+
+    def judge(self) -> RungJudge | None:
+        """A fresh early-stopping rule for these trials (None without `early_stopping:`): judged on
+        its objectives, else the search's; rungs before the shortest trial's last epoch. Raises
+        ValueError naming the key and the fix when the settings do not fit the trials."""
+        settings = self.spec.early_stopping
+        if settings is None:
+            return None
+        search = self.spec.optuna.objectives if self.spec.optuna is not None else None
+        return settings.judge(search, min(t.train.total_epochs for t in self.trials))
 
 
 def _set_path(mapping: dict[str, Any], path: str, value: Any) -> None:
@@ -178,7 +197,12 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _format_errors(source, e) from None
-    return Sweep(spec, _expand(spec, source))
+    sweep = Sweep(spec, _expand(spec, source))
+    try:
+        sweep.judge()
+    except ValueError as e:
+        raise SpecError(f"{source}: {e}") from None
+    return sweep
 
 
 def _resolve(key: str, source: str, where: str) -> str:

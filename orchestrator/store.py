@@ -3,7 +3,7 @@
 Layout under `<results>/<sweep>/` (a local folder or any URI pyarrow.fs understands, e.g.
 `s3://bucket/prefix`, or `s3://bucket/prefix?endpoint_override=host:9000&scheme=http` for an
 S3-compatible server such as MinIO; credentials come from the usual AWS_* variables):
-- `trials/<trial_id>.parquet`: one row per finished trial (status ok / diverged / failed);
+- `trials/<trial_id>.parquet`: one row per finished trial (status ok / diverged / stopped / failed);
 - `epochs/<trial_id>.parquet`: one row per epoch, rewritten as the trial runs;
 - `layers/<trial_id>.parquet`: per epoch and conv layer, filter counts dead by gamma / activation;
 - `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality on the epochs
@@ -34,9 +34,14 @@ import pyarrow.parquet as pq
 from sparsity_core.config import TrialConfig, settings
 from sparsity_core.metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics, scalar_fields
 
-__all__ = ["TABLES", "FINISHED", "TRIAL_METRICS", "ResultStore", "SweepWriter"]
+__all__ = ["TABLES", "FINISHED", "COMPLETED", "TRIAL_METRICS", "ResultStore", "SweepWriter"]
 
-FINISHED = ("ok", "diverged")  # statuses that a re-run skips; "failed" trials run again
+# Statuses that a re-run skips (`--force` re-runs them); "failed" trials run again. "stopped": an
+# early-stopping rule ended the trial at a rung; its metrics are that epoch's.
+FINISHED = ("ok", "diverged", "stopped")
+# Of those, the trials that were not stopped early: their metrics are the end of training, which
+# a Pareto front compares.
+COMPLETED = ("ok", "diverged")
 FLUSH_EVERY_S = 10.0  # a running trial's epoch rows reach Parquet at least this often
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
@@ -62,7 +67,8 @@ def _trials_schema() -> pa.Schema:
         pa.field("epochs_run", pa.int64()),
         # null where not measured (pruning: the last epoch of a trial that did not diverge)
         *(outcomes[name] for name in TRIAL_METRICS),
-        # multi-objective searches only: non-dominated among the sweep's finished trials
+        # multi-objective searches only: non-dominated among the sweep's completed trials (null
+        # for a stopped one: its metrics were measured early)
         pa.field("on_pareto_front", pa.bool_()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("code_version", pa.string()),
@@ -225,13 +231,15 @@ class SweepWriter:
                 self.store.write(table, run.cfg.trial_id, [rows[k] for k in sorted(rows)])
         run.flushed_at = time.monotonic()
 
-    def finish(self, cfg: TrialConfig, failure: str | None = None) -> str:
+    def finish(self, cfg: TrialConfig, failure: str | None = None, *, stopped: bool = False) -> str:
         """Write the trial's remaining rows and its trial row; `failure` is the error of a trial
-        that raised. Returns its status."""
+        that raised, `stopped` says an early-stopping rule ended it (its row then holds the epoch
+        it reached and that epoch's metrics). Returns its status."""
         run = self.running.pop(cfg.trial_id, None) or _Running(cfg)
         self._flush(run)
         last = run.last
-        status = "failed" if failure is not None else "diverged" if last and last["diverged"] else "ok"
+        status = ("failed" if failure is not None else "diverged" if last and last["diverged"]
+                  else "stopped" if stopped else "ok")
         self.store.write("trials", cfg.trial_id, [{
             "trial_id": cfg.trial_id,
             "sweep": self.store.sweep,

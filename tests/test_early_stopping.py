@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -18,11 +19,19 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from scipy import stats
 
+from orchestrator import report
 from orchestrator.early_stopping import EarlyStopping, replay
+from orchestrator.objectives import Objective, default_objectives
 from orchestrator.pareto import crowding_distance, non_dominated_ranks, survivors, to_costs
+from orchestrator.results import load_results, pareto_front
+from orchestrator.runner import _grid_plan, mark_pareto_front
 from orchestrator.scheduler import MultiObjectiveASHA
-from orchestrator.results import pareto_front
-from orchestrator.search import Objective, OptunaSpec, default_storage, make_searcher
+from orchestrator.search import OptunaSpec, default_storage, make_searcher
+from orchestrator.spec import load_spec
+from orchestrator.store import ResultStore
+
+from .integration import TINY, run_cli, table, write_sweep
+from .rows import row
 
 SPARSE = [("dead_gamma_pct", "max"), ("test_err", "min")]
 
@@ -229,7 +238,7 @@ def test_tuner_under_multi_objective_optuna_search(local_ray, tmp_path) -> None:
         "n_trials": 6, "sampler": "nsga2", "population_size": 6, "seed": 1,
         "space": {"strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2}},
     })
-    url = default_storage(str(tmp_path / "results"), "search")
+    url = default_storage(str(tmp_path / "results" / "search"))
     scheduler = _scheduler(rungs=(2, 4))
     trainable = _planted_trainable()
 
@@ -238,13 +247,16 @@ def test_tuner_under_multi_objective_optuna_search(local_ray, tmp_path) -> None:
         dead = 25.0 * math.log10(config["strength"] / 1e-6)
         trainable({"dead": dead, "err": dead / 2.0})
 
-    results = _fit(tmp_path, planted, scheduler, search_alg=make_searcher(spec, "search", url), num_samples=6)
+    searcher = make_searcher(spec, "search", url, scheduler.stopped)
+    results = _fit(tmp_path, planted, scheduler, search_alg=searcher, num_samples=6)
     assert not results.errors and len(results) == 6
     stopped = {r.metrics["trial_id"]: r.metrics["epoch"] for r in results if r.metrics["epoch"] < EPOCHS}
     assert stopped and stopped == scheduler.stopped and set(stopped.values()) <= set(scheduler.judge.rungs)
-    # Tune hands the searcher a stopped trial's last (rung) report: the study holds early values.
+    # A stopped trial's values are a rung's: the study records it as pruned, without values.
     study = optuna.load_study(study_name="search", storage=url)
-    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(pruned) == len(stopped) and all(t.values is None for t in pruned)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6 - len(stopped)
 
 
 # --- replay -------------------------------------------------------------------------------------
@@ -308,3 +320,169 @@ def test_replay_takes_the_search_objectives_and_handles_constant_rungs() -> None
                                         "p_value": None}]
     with pytest.raises(ValueError, match="nothing to replay"):
         replay(epochs, trials.with_columns(status=pl.lit("failed")), EarlyStopping(rungs=[3]))
+
+
+
+# --- a sweep with early stopping: spec, runner, store, report -----------------------------------
+
+ES_TINY = TINY.replace("epochs: 2, lr_steps: [1]", "epochs: 4, lr_steps: [3]").replace(
+    "resources: {cpu: 1}", "resources: {cpu: 1, max_concurrent: 1}") + """\
+early_stopping:
+  rungs: [2]
+  objectives: [{metric: train_loss, mode: min}]
+"""
+
+
+def test_cli_refuses_early_stopping_that_does_not_fit(tmp_path) -> None:
+    sweep = write_sweep(tmp_path, ES_TINY.replace("rungs: [2]", "rungs: [2, 4]"))
+    out = run_cli(sweep, "--results", tmp_path / "results")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (f"error: {sweep}: early_stopping.rungs: [4] not before the last epoch (4); "
+                                  "keep rungs below train.epochs")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.integration
+def test_a_stopped_trial_is_a_result_that_a_rerun_keeps(tmp_path) -> None:
+    # One trial at a time, in grid order: the third (an LR that cannot learn) is the first judged
+    # at epoch 2 and, with the worst training loss of three, stops there.
+    sweep = write_sweep(tmp_path, ES_TINY + "grid: {lr: [1.0e-2, 3.0e-3, 1.0e-9]}\n")
+    results = tmp_path / "results"
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "early stopping at epochs 2" in out.stdout and "3/3 done (2 ok, 1 stopped)" in out.stdout
+    assert "3 trials: 0 already finished, 2 ok, 0 diverged, 1 stopped, 0 failed" in out.stdout
+
+    trials = table(results, "tiny", "trials")
+    stopped = trials.filter(pl.col("status") == "stopped").row(0, named=True)
+    assert (stopped["lr"], stopped["epochs_run"]) == (1e-9, 2)
+    at_rung = table(results, "tiny", "epochs").filter(pl.col("trial_id") == stopped["trial_id"])
+    assert at_rung["epoch"].to_list() == [1, 2]
+    assert stopped["train_loss"] == at_rung["train_loss"][1] and stopped["test_err"] == at_rung["test_err"][1]
+    assert stopped["pruned_test_err"] is None and stopped["on_pareto_front"] is None
+    assert set(trials.filter(pl.col("status") == "ok")["epochs_run"]) == {4}
+
+    files = sorted((results / "tiny").glob("*/*.parquet"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    again = run_cli(sweep, "--results", results)
+    assert again.returncode == 0 and "3 already finished, 0 to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    store = ResultStore(str(results), "tiny")
+    assert _grid_plan(load_spec(sweep), store, force=True).todo == 3  # --force runs it again
+
+    # A grown sweep judges its new trial against the earlier three (read from their epoch rows):
+    # the first to arrive at the rung in this run, it is stopped there.
+    grown = write_sweep(tmp_path, ES_TINY + "grid: {lr: [1.0e-2, 3.0e-3, 1.0e-9, 2.0e-9]}\n")
+    more = run_cli(grown, "--results", results)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "3 already finished, 1 to run" in more.stdout and "(3 earlier trials there already)" in more.stdout
+    trials = table(results, "tiny", "trials")
+    assert trials.filter(pl.col("lr") == 2e-9).select("status", "epochs_run").row(0) == ("stopped", 2)
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+
+
+@pytest.mark.integration
+def test_a_search_with_early_stopping_counts_stopped_trials(tmp_path) -> None:
+    results = tmp_path / "results"
+    tiny = ["--set", "train.epochs=4", "--set", "train.lr_steps=[3]", "--set", "dataset.name=synthetic",
+            "--set", "optuna.population_size=2", "--set", "optuna.n_trials=5", "--set", "resources.max_concurrent=1",
+            "--set", "optuna.space={lr: {type: loguniform, low: 1.0e-9, high: 1.0e-1}}",
+            "--set", "early_stopping.rungs=[2]", "--set", "early_stopping.objectives=[{metric: train_loss, mode: min}]"]
+    out = run_cli("sweeps/quick_pareto_asha.yaml", "--results", results, *tiny)
+    assert out.returncode == 0, out.stdout + out.stderr
+    trials = table(results, "quick_pareto_asha", "trials")
+    stopped = trials.filter(pl.col("status") == "stopped")
+    assert trials.height == 5 and stopped.height >= 1 and set(trials["status"]) == {"ok", "stopped"}
+    assert set(stopped["epochs_run"]) == {2} and stopped["on_pareto_front"].null_count() == stopped.height
+    assert trials.filter(pl.col("status") == "ok")["on_pareto_front"].null_count() == 0
+    study = optuna.load_study(study_name="quick_pareto_asha",
+                              storage=f"sqlite:///{results}/quick_pareto_asha/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == stopped.height and states.count("COMPLETE") == 5 - stopped.height
+    assert study.metric_names == ["dead_gamma_pct", "test_err"]
+
+
+def _planted_store(tmp_path) -> ResultStore:
+    """The planted sweep of `_planted_sweep` in a real store, its trials each a real config."""
+    epochs, trials = _planted_sweep()
+    store = ResultStore(str(tmp_path / "results"), "planted")
+    for index, trial in enumerate(trials.iter_rows(named=True)):
+        store.write("trials", trial["trial_id"], [row("trials", **trial, sweep="planted", epochs_run=9, seed=index)])
+        rows = epochs.filter(pl.col("trial_id") == trial["trial_id"]).iter_rows(named=True)
+        store.write("epochs", trial["trial_id"], [row("epochs", **r, lr=0.1, train_loss=1.0, test_loss=1.0,
+                                                      diverged=False) for r in rows])
+    return store
+
+
+PLANTED_SWEEP = TINY.replace("epochs: 2, lr_steps: [1]", "epochs: 9, lr_steps: [5]") + """\
+early_stopping: {rungs: [3], reduction_factor: 3, min_trials_per_rung: 3}
+"""
+
+
+def test_replay_cli_on_a_planted_store(tmp_path, capsys) -> None:
+    store = _planted_store(tmp_path)
+    sweep = write_sweep(tmp_path, PLANTED_SWEEP)
+    assert report.main([store.path, "--replay-early-stopping", "--sweep", str(sweep)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(printed[-1])
+    assert len(printed) == 1
+    assert (result["front_size"], result["front_kept"], result["trials_stopped"]) == (3, 2, 2)
+    assert result["epochs_saved_pct"] == pytest.approx(100 * 12 / 45)
+
+    # The report's page says the same.
+    out = tmp_path / "report"
+    out.mkdir()
+    report.write_early_stopping(load_results(store.path), load_spec(sweep).spec, out, "planted")
+    page = (out / "early_stopping.md").read_text()
+    assert "2 of 5 trials stopped, 12 of 45 epochs saved (**26.7%**)" in page
+    assert "size 3, **2 kept**; stopped: t2 (at epoch 3)" in page and "the sweep file's settings" in page
+    # Two trials: too few for a rank correlation, which the page shows blank.
+    two = dataclasses.replace(load_results(store.path), trials=load_results(store.path).trials.head(2))
+    report.write_early_stopping(two, load_spec(sweep).spec, out, "planted")
+    assert "| 3 | test_err | 2 |  |  |" in (out / "early_stopping.md").read_text()
+    # The scheduler's defaults (first rung at epoch 10) cannot judge 9-epoch trials: the page says why.
+    report.write_early_stopping(load_results(store.path), None, out, "planted")
+    assert "Not replayed" in (out / "early_stopping.md").read_text()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--replay-early-stopping"], "grace_period: 10 is not before the last epoch (9)"),
+    (["--replay-early-stopping", "--sweep", "nope.yaml"], "--sweep nope.yaml: no such sweep file"),
+    (["--replay-early-stopping", "--sweep", "BAD"], "early_stopping.rung: unknown key"),
+])
+def test_replay_cli_bad_input_is_one_error_line(tmp_path, capsys, args, words) -> None:
+    store = _planted_store(tmp_path)
+    bad = write_sweep(tmp_path, PLANTED_SWEEP.replace("{rungs: [3],", "{rung: [3],"), name="bad")
+    args = [str(bad) if a == "BAD" else a for a in args]
+    assert report.main([store.path, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_pareto_flags_leave_stopped_trials_out(tmp_path) -> None:
+    store = ResultStore(str(tmp_path), "s")
+    planted = {"a": ("ok", 10.0, 5.0), "b": ("ok", 5.0, 10.0), "c": ("stopped", 50.0, 1.0), "d": ("failed", None, None)}
+    for trial_id, (status, dead, err) in planted.items():
+        store.write("trials", trial_id, [row("trials", trial_id=trial_id, status=status, dead_gamma_pct=dead,
+                                             test_err=err)])
+    mark_pareto_front(store, default_objectives())
+    flags = {t: store.read("trials", t)[0]["on_pareto_front"] for t in planted}
+    # c would dominate both, but it was measured at a rung: it is not compared, and not flagged.
+    assert flags == {"a": True, "b": False, "c": None, "d": False}
+
+
+def test_stopped_trials_are_their_own_series_in_the_pareto_figure(tmp_path) -> None:
+    from orchestrator import plots, results
+
+    store = _planted_store(tmp_path)
+    trial = store.read("trials", "t4")[0]
+    store.write("trials", "t4", [{**trial, "status": "stopped", "epochs_run": 3, "dead_gamma_pct": 1.0,
+                                  "test_err": 70.0}])
+    tables = load_results(store.path)
+    stopped = results.stopped_points(tables.trials)
+    assert stopped.select("trial_id", "epochs_run", "test_err").rows() == [("t4", 3, 70.0)]
+    # Kept out of the seed averages: the configurations average the four trials that ran to the end.
+    assert results.aggregate(tables.trials, tables.layers)["n_seeds"].sum() == 4
+    fig = plots.pareto_figure(results.pareto_points(results.aggregate(tables.trials, tables.layers)), stopped=stopped)
+    early = [t for t in fig.data if t.name == "stopped at epoch 3"]
+    assert len(early) == 1 and list(early[0].x) == [70.0] and list(early[0].y) == [1.0]

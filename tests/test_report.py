@@ -95,7 +95,8 @@ def built(sweep_dir: Path) -> Path:
 
 
 def test_every_file_is_written(built: Path) -> None:
-    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "index.html", report.PLOTLY_JS, *report.FIGURES}
+    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "early_stopping.md", "index.html", report.PLOTLY_JS,
+                *report.FIGURES}
     assert expected == {p.name for p in built.iterdir()}
     assert built == built.parent / "report"
 

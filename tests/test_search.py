@@ -88,6 +88,28 @@ def test_directions_of_an_existing_study_are_checked(tmp_path) -> None:
         make_searcher(spec, "s", url)
 
 
+def test_the_study_names_its_objectives_and_prunes_stopped_trials(tmp_path) -> None:
+    """On SQLite, through Ray Tune's searcher API without a Tune run: optuna-dashboard reads the
+    axes' names from the study; a trial stopped early ends PRUNED and counts toward n_trials."""
+    spec = OptunaSpec(n_trials=3, space={"strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2}})
+    url = default_storage(str(tmp_path / "s"))
+    stopped: set[str] = set()
+    searcher = make_searcher(spec, "s", url, stopped)
+    assert optuna.load_study(study_name="s", storage=url).metric_names == ["dead_gamma_pct", "test_err"]
+    for trial_id in ("a", "b"):
+        assert searcher.suggest(trial_id) is not None
+    stopped.add("a")  # as the scheduler does when it stops a trial at a rung
+    searcher.on_trial_complete("a", result={"dead_gamma_pct": 0.0, "test_err": 50.0, "epoch": 10})
+    searcher.on_trial_complete("b", result={"dead_gamma_pct": 20.0, "test_err": 5.0, "epoch": 100})
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
+    assert study.trials[1].values == [20.0, 5.0] and [t.number for t in study.best_trials] == [1]
+    assert trials_left(spec, "s", url) == 1
+    # Named again when the search resumes; the names stay.
+    make_searcher(spec, "s", url)
+    assert optuna.load_study(study_name="s", storage=url).metric_names == ["dead_gamma_pct", "test_err"]
+
+
 # --- a real Ray Tune run on a real SQLite study -------------------------------------------------
 
 

@@ -118,6 +118,14 @@ def test_overrides_by_dotted_key_and_alias(tmp_path):
         (BASE + "seeds: 3\n", "seeds: Input should be a valid list"),
         (BASE + "grid: {optimizer: adam}\n", "grid.optimizer: Input should be a valid list"),
         (BASE + "resources: {cpu: 0}\n", "resources.cpu: Input should be greater than 0"),
+        (BASE + "early_stopping: {rungs: [1, 5]}\n",
+         "early_stopping.rungs: [5] not before the last epoch (2); keep rungs below train.epochs"),
+        (BASE + "early_stopping: {}\n", "early_stopping.grace_period: 10 is not before the last epoch (2)"),
+        (BASE + "early_stopping: {grace_perod: 1}\n", "early_stopping.grace_perod: unknown key (did you mean 'grace_period'?)"),
+        (BASE + "early_stopping: {reduction_factor: 1}\n", "early_stopping.reduction_factor: Input should be greater than 1"),
+        (BASE + "early_stopping: {rungs: [1], objectives: [{metric: pruned_test_err, mode: min}]}\n",
+         "early_stopping.objectives: pruned_test_err not reported every epoch"),
+        (BASE + "pack: 2\nearly_stopping: {rungs: [1]}\n", "use it with pack: 1, or drop early_stopping"),
         ("grid: [\n", "not valid YAML at line"),
         ("", "the file is empty"),
         ("- a\n- b\n", "expected a mapping"),
@@ -128,6 +136,16 @@ def test_bad_sweep_files_name_the_key_and_the_fix(tmp_path, text, expected):
         load_spec(_write(tmp_path, text))
     assert expected in str(err.value)
     assert str(tmp_path / "sweep.yaml") in str(err.value)
+
+
+def test_early_stopping_turns_on_with_an_empty_section_and_takes_overrides(tmp_path):
+    path = _write(tmp_path, BASE.replace("epochs: 2", "epochs: 100") + "early_stopping: {}\n")
+    sweep = load_spec(path)
+    assert sweep.judge().rungs == (10, 30, 90)
+    assert [m for m, _ in sweep.judge().objectives] == ["dead_gamma_pct", "test_err"]
+    assert load_spec(path, ["early_stopping.rungs=[50]"]).judge().rungs == (50,)
+    assert load_spec(path, ["early_stopping=null"]).judge() is None
+    assert load_spec(_write(tmp_path, BASE)).judge() is None
 
 
 def test_missing_file_and_bad_overrides(tmp_path):

@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from orchestrator.store import TABLES, TRIAL_METRICS, ResultStore, SweepWriter
+from orchestrator.store import COMPLETED, FINISHED, TABLES, TRIAL_METRICS, ResultStore, SweepWriter
 from sparsity_core import train
 from sparsity_core.config import settings
 from sparsity_core.metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics, scalar_fields
@@ -88,6 +88,26 @@ def test_a_real_trials_records_round_trip_through_the_writer(tmp_path, tiny):
     assert all(trial[k] is not None for k in TRIAL_METRICS if last[k] is not None)
     assert {k: trial[k] for k in cfg.flat()} == cfg.flat()
     assert (trial["status"], trial["epochs_run"], trial["wall_time_s"]) == ("ok", 2, 3.0)
+
+
+def test_a_trial_stopped_early_is_a_result_with_the_epoch_it_reached(tmp_path, tiny):
+    """An early-stopping rule ends a 3-epoch trial after epoch 2: its row says `stopped`, with that
+    epoch and its metrics (no pruning: that runs after the last epoch), and a re-run skips it."""
+    cfg = tiny(epochs=3, lr_steps=[2])
+    records = []
+    train(cfg, lambda metrics, state: records.append(metrics.to_record()))
+    store = ResultStore(str(tmp_path), "sweep")
+    writer = SweepWriter(store, "test")
+    for record in records[:2]:
+        writer.add(cfg, record, wall_time_s=2.0)
+    assert writer.finish(cfg, stopped=True) == "stopped"
+    trial = store.read("trials", cfg.trial_id)[0]
+    assert (trial["status"], trial["epochs_run"], trial["error"]) == ("stopped", 2, "")
+    assert {k: trial[k] for k in ("train_loss", "test_err", "dead_gamma_pct")} == {
+        k: records[1][k] for k in ("train_loss", "test_err", "dead_gamma_pct")}
+    assert trial["pruned_test_err"] is None and trial["on_pareto_front"] is None
+    assert [r["epoch"] for r in store.read("epochs", cfg.trial_id)] == [1, 2]
+    assert store.finished() == {cfg.trial_id: "stopped"} and "stopped" in FINISHED and "stopped" not in COMPLETED
 
 
 def test_a_record_missing_a_metric_fails_instead_of_writing_nulls(tmp_path, tiny):
