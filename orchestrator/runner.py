@@ -2,7 +2,9 @@
 
 Workers call `sparsity_core.train` (the loop) and `ray.tune.report` once per epoch (with a Tune checkpoint every
 `checkpoint_every` epochs). On the driver, `StoreCallback` hands those reports to the store's
-`SweepWriter`, so workers never need the results filesystem. Progress lines go to the logger
+`SweepWriter`, so workers never need the results filesystem. Packs are sized before Tune starts:
+with `pack: auto` (or a fixed pack off the CPU) one Ray task with a Tune trial's resources probes
+the device (`sparsity_core.capacity`). Progress lines go to the logger
 `orchestrator.runner` (the CLI prints them); importing this module starts and sets nothing.
 """
 
