@@ -2,7 +2,10 @@
 
 import pytest
 
+from orchestrator import runner
+from orchestrator.guard import GuardError
 from orchestrator.runner import pack_trials
+from orchestrator.spec import SweepSpec
 from sparsity_core import TrialConfig, pack_key
 from sparsity_core.capacity import PackProbe, probe_packs
 
@@ -61,3 +64,18 @@ def test_an_interrupted_runs_packs_are_kept_whatever_the_cap_is_now():
     ids = [t.trial_id for t in trials]
     packs = pack_trials(trials, 4, kept=[ids[1:4], [ids[0], "finished-elsewhere"]])
     assert [[t.trial_id for t in p] for p in packs] == [[ids[0], ids[4], ids[5]], ids[1:4]]
+
+
+def test_pack_sizes_follow_the_probe_and_a_pack_that_cannot_fit_is_refused_with_the_fix(monkeypatch):
+    # The probe's own run on a GPU is gpu_check's; here, its measurements (GPU above) drive the runner.
+    monkeypatch.setattr(runner, "_probe", lambda spec, jobs: [GPU for _ in jobs])
+    trials = _packable(20) + _packable(1, optimizer="sgd")
+    auto = SweepSpec(name="t", device="cuda", pack="auto")
+    sizes, lines = runner._pack_sizes(auto, trials)
+    assert sizes == {pack_key(trials[0]): 4}
+    assert lines == [f"pack: auto: 20 trials of this sweep in packs of up to 4 ({GPU.describe()})"]
+    assert runner._pack_sizes(SweepSpec(name="t", device="cuda", pack=16), trials)[0] == {pack_key(trials[0]): 16}
+    with pytest.raises(GuardError, match=r"pack: 32: a pack of 20 trials of this sweep needs about 11.0 GiB .*"
+                                         r"16 fit: set pack: 16 \(or pack: auto\)"):
+        runner._pack_sizes(SweepSpec(name="t", device="cuda", pack=32), trials)
+    assert runner._pack_sizes(SweepSpec(name="t", device="cpu", pack=32), trials) == (32, [])  # no probe
