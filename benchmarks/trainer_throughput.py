@@ -292,7 +292,8 @@ def main() -> None:
         "tflops": {v.name: round(v.flops_per_step / step_s[v.name] / 1e12, 4) for v in variants},
         "flops_per_image": variants[1].flops_per_step // variants[1].images_per_step,
         "images_per_s_quartiles": {
-            v.name: [round(v.images_per_step * args.steps / s, 1) for s in reversed(statistics.quantiles(v.seconds, n=4))]
+            v.name: [round(v.images_per_step * args.steps / s, 1)
+                     for s in reversed(statistics.quantiles(v.seconds, n=4))]
             for v in variants
         },
         "dataset": args.data,

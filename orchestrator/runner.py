@@ -46,12 +46,12 @@ _log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"  # beside the state: its epoch, readable without loading the state
-_PROBE_TIMEOUT_S = 900  # a cluster may first start a GPU node for the pack probe
 ID_KEY = "sweep_trial_id"  # our trial id in a report; Tune overwrites `trial_id` with its own
 # Set for Tune when a sweep starts: its automatic CSV/JSON/TensorBoard loggers grow the driver's
 # memory (we write Parquet ourselves), and only its legacy console output honours verbose=0 (our
 # ProgressCallback logs the progress lines).
 _TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+_PROBE_TIMEOUT_S = 900  # a cluster may first start a GPU node for the pack probe
 
 
 def _sampled(config: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -133,8 +133,9 @@ def pack_trials(trials: list[TrialConfig], size: int | Mapping[Hashable, int],
     """Packs of trials that can share one packed model, in sweep order. `size` caps a pack: one
     number, or one per `pack_key` (1 for a key it lacks). A key's trials are split into as few packs
     as its cap allows, as even as can be (18 trials at 16: two packs of 9; at 4: 4, 4, 4, 3, 3), a
-    trial joining the newest pack of its key while that has room. `kept` lists trial ids that stay one pack as they
-    are (an interrupted run's packs, which continue from their checkpoints) where all are in `trials`."""
+    trial joining the newest pack of its key while that has room. `kept` lists trial ids that stay
+    one pack as they are (an interrupted run's packs, which continue from their checkpoints) where
+    all of them are in `trials`."""
     position = {t.trial_id: i for i, t in enumerate(trials)}
     packs = [[trials[position[i]] for i in ids] for ids in {tuple(ids) for ids in kept}
              if len(ids) > 1 and all(i in position for i in ids)]

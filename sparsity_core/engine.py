@@ -6,9 +6,9 @@ trial's loss out, no device sync) and each trial's model as a plain ConvNet. Eve
 does (setup, schedule, measurement, report, checkpoints, divergence, remedies) is the loop's.
 
 With `train.cuda_graph` on a CUDA device the packed step (forward, backward, regularizer and update)
-is captured once as a CUDA graph and replayed: a step then costs the host two copies into the
-graph's input buffers and one launch, where the eager step launches a few hundred kernels, which at
-batch 40 take longer to launch than to run. A solo trial trains as a pack of one there (`engine_for`),
+is captured once as a CUDA graph and replayed: a step then costs the host its batches' gathering,
+two copies into the graph's input buffers and one launch, where the eager step launches a few
+hundred kernels, which at batch 40 take longer to launch than to run. A solo trial trains as a pack of one there (`engine_for`),
 whose update keeps its LR and regularizer terms in device tensors, so the schedule changes them in
 place and the graph stays valid. Capture mechanisms are looked up by device type in `CAPTURES`.
 """
@@ -216,7 +216,9 @@ def packed_training_step(model: PackedConvNet, optimizer: PackedOptimizer, cfg: 
         optimizer.step(update)
         return losses.detach()
 
-    run = GraphedStep(step, model, optimizer.optimizer, CAPTURES[device.type], [alive]) if graphed(cfg, device) else step
+    run = step
+    if graphed(cfg, device):
+        run = GraphedStep(step, model, optimizer.optimizer, CAPTURES[device.type], [alive])
 
     def packed(batches: Sequence[Batch]) -> torch.Tensor:
         x = torch.cat([b[0] for b in batches], dim=1)  # [B, N*Cin, H, W]

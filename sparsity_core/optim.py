@@ -48,8 +48,8 @@ class OptimizerSpec:
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(torch.optim.SGD, PAPER_LRS["sgd"], {"momentum": 0.9}),
     "adam": OptimizerSpec(torch.optim.Adam, PAPER_LRS["adam"], {"betas": (0.9, 0.99), "eps": 1e-8}, capturable=True),
-    "amsgrad": OptimizerSpec(torch.optim.Adam, PAPER_LRS["amsgrad"], {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True},
-                             capturable=True),
+    "amsgrad": OptimizerSpec(torch.optim.Adam, PAPER_LRS["amsgrad"],
+                             {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True}, capturable=True),
     "adamax": OptimizerSpec(torch.optim.Adamax, PAPER_LRS["adamax"], capturable=True),
     "rmsprop": OptimizerSpec(torch.optim.RMSprop, PAPER_LRS["rmsprop"], capturable=True),
     "adagrad": OptimizerSpec(torch.optim.Adagrad, PAPER_LRS["adagrad"]),
