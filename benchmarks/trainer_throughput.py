@@ -1,53 +1,62 @@
-"""Training throughput of our step path vs a naive torchvision-style loop, timed side by side.
+"""Trials per hour of a naive training loop, our solo step and our packed step, timed side by side.
 
 naive: a `Dataset` that hands out PIL images (as torchvision's CIFAR10 does) through
 `Compose([RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])`, a shuffling `DataLoader`,
-and the textbook step `model(x); loss.backward(); opt.step()` with `loss.item()` every step.
-ours: `sparsity_core.data.BatchLoader` over the device-resident uint8 data and the step that
-`sparsity_core.loop.train` runs (`sparsity_core.engine.training_step`; no host sync inside the timed
-steps), eager and/or `torch.compile`d.
-Both use the same model and optimizer (`build_model` / `build_optimizer` from one `TrialConfig`),
-the same data, batch size and number of steps. After a warm-up (which includes compilation) the
-variants run in turn, naive, eager, compiled, naive, ..., `--repeats` rounds of `--steps` steps;
-images/s is steps x batch size over a variant's median time. Training steps only, no evaluation.
-`trials_per_gpu_hour` (`trials_per_cpu_hour` on CPU) prices a 325-epoch, 50k-image CIFAR trial at
-those rates; it means that only with `--data cifar-shaped --width 1.0`.
+and the textbook step `model(x); loss.backward(); opt.step()` with `loss.item()` every step; fp32.
+solo: the engine and loader that `sparsity_core.loop.train` builds for one trial (`build_training`):
+the device-resident uint8 data, batches gathered and flipped on the device, no host sync inside
+the timed steps; eager on the CPU, and on CUDA with `--cuda-graph on` the whole step captured once as
+a CUDA graph and replayed (a pack of one, as `train` runs it there).
+packed: the same for `--pack` trials (seeds 0..N-1) as one packed model, as `train_packed` runs them.
+All three train the same BasicNet and optimizer on the same data at the same batch size. After a
+warm-up (which includes compilation and capture) they take turns, naive, solo, packed, naive, ...,
+`--repeats` rounds of `--steps` steps; a variant's rate is its images per step over its median
+round time. Training steps only, no evaluation.
 
-The last line of stdout is one JSON object; progress goes to stderr. The default (the quick sweep's
-setting: digits, BasicNet width 1/8, batch 40, CPU, all cores) takes about a minute on 2 idle
-cores; on a shared machine two torch threads can take far longer (see benchmarks/README.md).
+`trials_per_hour` prices the paper's CIFAR-10 trial, 50,000 images x 325 epochs, at those rates (a
+packed step trains `--pack` trials at once); it means that only with `--data cifar-shaped --width 1.0`.
+`tflops` is each variant's achieved rate: the FLOPs of one step's forward and backward, counted once
+with torch's FlopCounterMode (convolutions and matmuls; a pack's as N times one trial's), over its
+median step time.
 
-    python benchmarks/trainer_throughput.py [--data cifar-shaped] [--width 1.0] [--device cuda]
-        [--precision bf16] [--compile both|on|off] [--steps N] [--repeats N] [--workers N] [--threads N]
+The last line of stdout is one JSON object; progress goes to stderr.
+
+    python benchmarks/trainer_throughput.py [--pack 8] [--data cifar-shaped] [--width 1.0] [--device cuda]
+        [--precision bf16] [--cuda-graph on|off] [--compile on|off] [--steps N] [--repeats N] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
+import platform
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from sparsity_core import TrialConfig
-from sparsity_core.data import BatchLoader, ImageData, load_dataset
+from sparsity_core.data import ImageData, load_dataset
+from sparsity_core.loop import Training, build_training
 from sparsity_core.models import build_model
 from sparsity_core.optim import build_optimizer
-from sparsity_core.engine import training_step
 
-# The trial that `trials_per_gpu_hour` prices: the paper's CIFAR-10 schedule, in images.
+# The trial that `trials_per_hour` prices: the paper's CIFAR-10 schedule, in images.
 CIFAR_TRIAL_IMAGES = 50_000 * 325
 UTILIZATION_EVERY_S = 0.2  # NVML's own sample period is 1/6 to 1 s
 
@@ -70,28 +79,18 @@ class PILImages(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.targets[i]
 
 
-def trial_config(args: argparse.Namespace) -> TrialConfig:
+def trial_config(args: argparse.Namespace, seed: int = 0) -> TrialConfig:
+    """digits as the quick sweep reads it, or the synthetic set upsampled to CIFAR's 3x32x32."""
+    dataset = ({"name": "digits"} if args.data == "digits"
+               else {"name": "synthetic", "n_train": args.images, "n_test": 1, "image_size": 32})
     return TrialConfig.model_validate({
-        "dataset": {"name": "digits" if args.data == "digits" else "synthetic"},
+        "dataset": dataset,
         "model": {"name": "basicnet", "width": args.width},
         "train": {"optimizer": args.optimizer, "reg": "l2", "strength": 1e-3, "batch_size": args.batch_size,
-                  "precision": args.precision},
+                  "precision": args.precision, "compile": args.compile == "on", "cuda_graph": args.cuda_graph == "on"},
         "device": args.device,
+        "seed": seed,
     })
-
-
-def load_images(args: argparse.Namespace, device: torch.device) -> ImageData:
-    """digits as the quick sweep reads it, or the synthetic set upsampled to CIFAR's 3x32x32."""
-    if args.data == "digits":
-        return load_dataset(trial_config(args).dataset, device)
-    cfg = trial_config(args).dataset.model_copy(update={"n_train": args.images, "n_test": 1, "image_size": 32})
-    return load_dataset(cfg, device)
-
-
-def forever(epoch: Callable[[], Iterator[Batch]]) -> Iterator[Batch]:
-    """Batches across epoch boundaries: a fresh pass (new shuffle, new flips) whenever one ends."""
-    while True:
-        yield from epoch()
 
 
 def sync(device: torch.device) -> None:
@@ -100,11 +99,13 @@ def sync(device: torch.device) -> None:
 
 
 class Variant:
-    """One training setup: an endless batch stream, a step, and what ends a timed run of steps."""
+    """One training setup: an endless batch stream, a step, what ends a timed run of steps, and
+    the images and FLOPs (forward and backward) of one step."""
 
-    def __init__(self, name: str, batches: Iterator[Batch], step: Callable[[Batch], None],
-                 finish: Callable[[], None], device: torch.device):
+    def __init__(self, name: str, batches: Iterator, step: Callable[[object], None], finish: Callable[[], None],
+                 device: torch.device, images_per_step: int, flops_per_step: int):
         self.name, self.batches, self.step, self.finish, self.device = name, batches, step, finish, device
+        self.images_per_step, self.flops_per_step = images_per_step, flops_per_step
         self.seconds: list[float] = []
 
     def run(self, steps: int) -> float:
@@ -118,15 +119,24 @@ class Variant:
         return time.perf_counter() - start
 
 
-def naive_variant(cfg: TrialConfig, data: ImageData, model: nn.Module, device: torch.device,
-                  workers: int) -> Variant:
+def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step's forward and backward (torch's count: convolutions and matmuls),
+    on a copy, so the model's weights and BN statistics stay as they are."""
+    model = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+def naive_variant(cfg: TrialConfig, data: ImageData, device: torch.device, workers: int) -> Variant:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device).train()
     optimizer = build_optimizer(model, cfg.train)
     normalize = transforms.Normalize(data.mean.tolist(), data.std.tolist())
     images = PILImages(data.train_x, data.train_y,
                        transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
     # drop_last: every step sees `batch_size` images, as in `train` (and as BatchNorm needs).
-    loader = DataLoader(images, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
-                        drop_last=True)
+    loader = DataLoader(images, batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers, drop_last=True)
     criterion = nn.CrossEntropyLoss()
     running_loss = 0.0
 
@@ -139,28 +149,35 @@ def naive_variant(cfg: TrialConfig, data: ImageData, model: nn.Module, device: t
         optimizer.step()
         running_loss += loss.item()
 
-    return Variant("naive", forever(lambda: iter(loader)), step, lambda: None, device)
+    x, y = next(iter(loader))
+    return Variant("naive", forever(lambda: iter(loader)), step, lambda: None, device, cfg.train.batch_size,
+                   step_flops(model, x.to(device), y.to(device)))
 
 
-def our_variant(name: str, cfg: TrialConfig, data: ImageData, model: nn.Module, device: torch.device,
-                compiled: bool) -> Variant:
-    """The step function and loader that `sparsity_core.loop.train` sets up."""
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.train)
-    step = training_step(model, optimizer, cfg.train.model_copy(update={"compile": compiled}), device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    loader = BatchLoader(data, "train", cfg.train.batch_size, shuffle=True, flip=cfg.dataset.augment,
-                         generator=generator, drop_last=True, channels_last=device.type == "cuda")
-    loss_sum = torch.zeros((), device=device)
+def our_variant(name: str, training: Training) -> Variant:
+    """The engine and loaders that `train` (one trial) or `train_packed` (a pack) builds."""
+    engine, loaders, device = training.engine, training.loaders, training.device
+    n = len(loaders)
+    engine.set_lr_factors([1.0] * n)
+    engine.model.train()
+    # A pack's step is N trials' steps (no layer mixes trials). Counted on one trial: torch's
+    # counter takes a grouped convolution's weight gradient for an ungrouped one's (N times too many).
+    flops = n * step_flops(engine.trial(0), *next(iter(loaders[0])))
+    loss_sum = torch.zeros(n, device=device)
 
-    def run(batch: Batch) -> None:
-        loss_sum.add_(step(*batch, 1.0))
+    def run(batch: Sequence[Batch]) -> None:
+        loss_sum.add_(engine.step(batch))
 
-    def finish() -> None:  # `train` reads the loss back once per epoch; here once per timed repeat
-        loss_sum.item()
+    def finish() -> None:  # `train` reads the losses back once per epoch; here once per timed round
+        loss_sum.sum().item()
 
-    return Variant(name, forever(lambda: iter(loader)), run, finish, device)
+    return Variant(name, forever(lambda: zip(*loaders)), run, finish, device, n * loaders[0].batch_size, flops)
+
+
+def forever(epoch: Callable[[], Iterator]) -> Iterator:
+    """Batches across epoch boundaries: a fresh pass (new shuffle, new flips) whenever one ends."""
+    while True:
+        yield from epoch()
 
 
 class UtilizationSampler:
@@ -200,12 +217,22 @@ class UtilizationSampler:
             self.samples.append(torch.cuda.utilization(self.device))
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.is_file() else []
+    return models[0] if models else platform.processor() or platform.machine()
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", type=int, default=8, help="trials in the packed variant's pack")
     parser.add_argument("--data", choices=["digits", "cifar-shaped"], default="digits")
     parser.add_argument("--images", type=int, default=10_000, help="cifar-shaped: training images")
     parser.add_argument("--width", type=float, default=0.125)
@@ -213,37 +240,32 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="ours only (bf16 autocast on CUDA, as `train` does); naive stays fp32")
-    parser.add_argument("--compile", choices=["both", "on", "off"], default="both",
-                        help="ours with torch.compile, without, or both")
+                        help="solo and packed (bf16 autocast on CUDA, as `train` does); naive stays fp32")
+    parser.add_argument("--cuda-graph", choices=["on", "off"], default="on",
+                        help="solo and packed: capture the step as a CUDA graph (train.cuda_graph; CUDA only)")
+    parser.add_argument("--compile", choices=["on", "off"], default="off",
+                        help="solo and packed: torch.compile the forward and the update (train.compile)")
     parser.add_argument("--workers", type=int, default=0, help="naive DataLoader num_workers")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per timed repeat")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per timed round")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per variant (compilation included)")
     parser.add_argument("--repeats", type=int, default=20,
                         help="timed rounds; short, many rounds keep bursts of load from other processes fair")
     args = parser.parse_args()
     if args.repeats < 2:
         parser.error("--repeats must be at least 2 (the quartiles need two)")
+    if args.pack < 1:
+        parser.error("--pack must be at least 1")
 
     torch.set_num_threads(args.threads)
+    cfgs = [trial_config(args, seed) for seed in range(args.pack)]
     device = torch.device(args.device)
-    cfg = trial_config(args)
-    data = load_images(args, device)
-    torch.manual_seed(cfg.seed)
-    initial = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-
-    def fresh_model() -> nn.Module:
-        model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels).to(device)
-        model.load_state_dict(initial.state_dict())
-        return model.train()
-
-    variants = [naive_variant(cfg, data, fresh_model(), device, args.workers)]
-    if args.compile in ("both", "off"):
-        variants.append(our_variant("eager", cfg, data, fresh_model(), device, compiled=False))
-    if args.compile in ("both", "on"):
-        variants.append(our_variant("compiled", cfg, data, fresh_model(), device, compiled=True))
-
+    data = load_dataset(cfgs[0].dataset, device)
+    variants = [
+        naive_variant(cfgs[0], data, device, args.workers),
+        our_variant("solo", build_training(cfgs[:1], packed=False, data=data)),
+        our_variant("packed", build_training(cfgs, packed=True, data=data)),
+    ]
     for variant in variants:
         seconds = variant.run(args.warmup)
         log(f"warm-up {variant.name}: {args.warmup} steps in {seconds:.1f} s")
@@ -252,44 +274,44 @@ def main() -> None:
         for variant in variants:
             with samplers.get(variant.name, nullcontext()):
                 variant.seconds.append(variant.run(args.steps))
-        log(f"repeat {repeat + 1}/{args.repeats}: "
-            + ", ".join(f"{v.name} {v.seconds[-1]:.2f} s" for v in variants))
+        log(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{v.name} {v.seconds[-1]:.2f} s" for v in variants))
 
-    images = args.steps * args.batch_size
-    rate = {v.name: images / statistics.median(v.seconds) for v in variants}
-    best = max((name for name in rate if name != "naive"), key=rate.__getitem__)
+    step_s = {v.name: statistics.median(v.seconds) / args.steps for v in variants}
+    rate = {v.name: v.images_per_step / step_s[v.name] for v in variants}
     naive = variants[0].seconds
     # Naive and ours run back to back within a round, so they share that moment's load from other
     # processes: the median of per-round ratios is the steadier figure on a shared machine.
-    paired = [n / o for n, o in zip(naive, next(v for v in variants if v.name == best).seconds)]
+    paired = {v.name: statistics.median(n / o * v.images_per_step / variants[0].images_per_step
+                                        for n, o in zip(naive, v.seconds)) for v in variants[1:]}
     result = {
-        "images_per_s": round(rate[best], 1),
-        "ours": best,
-        "naive_images_per_s": round(rate["naive"], 1),
-        "ratio": round(rate[best] / rate["naive"], 3),
-        "paired_ratio": round(statistics.median(paired), 3),
-        "eager_images_per_s": round(rate["eager"], 1) if "eager" in rate else None,
-        "compiled_images_per_s": round(rate["compiled"], 1) if "compiled" in rate else None,
+        "trials_per_hour": {name: round(r * 3600 / CIFAR_TRIAL_IMAGES, 3) for name, r in rate.items()},
+        "pack": args.pack,
+        "images_per_s": {name: round(r, 1) for name, r in rate.items()},
+        "ratio": {name: round(rate[name] / rate["naive"], 3) for name in ("solo", "packed")},
+        "paired_ratio": {name: round(r, 3) for name, r in paired.items()},
+        "tflops": {v.name: round(v.flops_per_step / step_s[v.name] / 1e12, 4) for v in variants},
+        "flops_per_image": variants[1].flops_per_step // variants[1].images_per_step,
         "images_per_s_quartiles": {
-            v.name: [round(images / s, 1) for s in reversed(statistics.quantiles(v.seconds, n=4))] for v in variants
+            v.name: [round(v.images_per_step * args.steps / s, 1)
+                     for s in reversed(statistics.quantiles(v.seconds, n=4))]
+            for v in variants
         },
         "dataset": args.data,
         "train_images": len(data.train_y),
-        "model": cfg.model.name,
+        "model": cfgs[0].model.name,
         "width": args.width,
         "optimizer": args.optimizer,
         "batch_size": args.batch_size,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device_name": device_name(device),
         "precision": args.precision,
+        "cuda_graph": args.cuda_graph == "on" and device.type == "cuda",
+        "compile": args.compile == "on",
         "threads": torch.get_num_threads(),
         "naive_workers": args.workers,
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "trials_per_gpu_hour" if device.type == "cuda" else "trials_per_cpu_hour": {
-            name: round(r * 3600 / CIFAR_TRIAL_IMAGES, 3) for name, r in rate.items()
-        },
         # None where NVML cannot be read (CPU, or no nvidia-ml-py); per variant, the median sample.
         "gpu_utilization_pct": {name: statistics.median(s.samples) for name, s in samplers.items()} or None,
         "torch": torch.__version__,

@@ -1,5 +1,6 @@
 """Checks made before a sweep starts, so a mistake costs seconds and touches no result.
 
+- `device: cuda` has a GPU to run on, where the trials run on this machine;
 - the Ray address answers (ray.init itself retries a dead address for minutes);
 - the results location can be written;
 - on a cluster of several nodes, the results are where every node can write its checkpoints;
@@ -29,7 +30,7 @@ import pyarrow.fs as pafs
 from .s3 import Conflict, S3Location, conditional_put
 from .store import ResultStore
 
-__all__ = ["GuardError", "RESULTS_ENV", "check_reachable", "check_writable", "check_results_shared",
+__all__ = ["GuardError", "RESULTS_ENV", "check_device", "check_reachable", "check_writable", "check_results_shared",
            "SweepLock", "S3Lease"]
 
 # The CLI's default for --results when set: the cluster configs (docker/) put their bucket here, so
@@ -56,6 +57,20 @@ def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
             f"Ray address {address!r} is unreachable ({e.strerror or e}); start the cluster with "
             "`ray start --head`, check the address (or $RAY_ADDRESS), or leave it out for a local Ray"
         ) from None
+
+
+def check_device(device: str, address: str | None) -> None:
+    """Refuse `device: cuda` where the trials would run on this machine (an embedded local Ray: no
+    address) and torch finds no CUDA GPU here. On a cluster the GPUs are the workers' (an autoscaler
+    may start them later), and a trial on a node without one refuses by itself."""
+    if device != "cuda" or address:
+        return
+    from sparsity_core.loop import resolve_device  # torch, imported only for a CUDA sweep
+
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        raise GuardError(f"{e}, or pass --address of a Ray cluster with GPU workers") from None
 
 
 def check_writable(store: ResultStore) -> None:

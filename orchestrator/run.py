@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.guard import GuardError, SweepLock, check_reachable, check_writable  # noqa: E402
+from orchestrator.guard import GuardError, SweepLock, check_device, check_reachable, check_writable  # noqa: E402
 from orchestrator.spec import SpecError, load_spec  # noqa: E402
 from sparsity_core.data import DatasetError, check_dataset  # noqa: E402
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ResultStore(args.results, spec.name)
     try:
+        check_device(spec.device, args.address or os.environ.get("RAY_ADDRESS"))
         check_reachable(args.address or os.environ.get("RAY_ADDRESS"))
         check_writable(store)
         with SweepLock(store):

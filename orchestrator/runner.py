@@ -2,7 +2,9 @@
 
 Workers call `sparsity_core.train` (the loop) and `ray.tune.report` once per epoch (with a Tune checkpoint every
 `checkpoint_every` epochs). On the driver, `StoreCallback` hands those reports to the store's
-`SweepWriter`, so workers never need the results filesystem. Progress lines go to the logger
+`SweepWriter`, so workers never need the results filesystem. Packs are sized before Tune starts:
+with `pack: auto` (or a fixed pack off the CPU) one Ray task with a Tune trial's resources probes
+the device (`sparsity_core.capacity`). Progress lines go to the logger
 `orchestrator.runner` (the CLI prints them); importing this module starts and sets nothing.
 """
 
@@ -14,7 +16,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Container, Hashable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +29,14 @@ import torch
 from ray import tune
 
 from sparsity_core import EpochMetrics, TrialConfig, pack_key, train, train_packed
+from sparsity_core.capacity import PackProbe, probe_packs
 from sparsity_core.config import alias_paths
 
+from .guard import GuardError
 from .results import pareto_front
 from .scheduler import MultiObjectiveASHA
 from .search import default_storage, make_searcher, trials_left
-from .spec import Sweep, trial_config, varying_settings
+from .spec import Sweep, SweepSpec, trial_config, varying_settings
 from .store import FINISHED, ResultStore, SweepWriter
 from .version import code_version
 
@@ -47,6 +52,7 @@ ID_KEY = "sweep_trial_id"  # our trial id in a report; Tune overwrites `trial_id
 # memory (we write Parquet ourselves), and only its legacy console output honours verbose=0 (our
 # ProgressCallback logs the progress lines).
 _TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+_PROBE_TIMEOUT_S = 900  # a cluster may first start a GPU node for the pack probe
 
 
 def _sampled(config: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -123,21 +129,106 @@ def _resume_state(ids: list[str], filesystem, resume_from: dict[str, str]) -> di
         return torch.load(Path(folder) / STATE_FILE, weights_only=False)
 
 
-def pack_trials(trials: list[TrialConfig], size: int) -> list[list[TrialConfig]]:
-    """Packs of up to `size` trials that can share one packed model, in sweep order: a trial joins
-    the newest pack of its `pack_key` while that has room."""
-    packs: list[list[TrialConfig]] = []
-    newest: dict[Hashable, list[TrialConfig]] = {}
-    for trial in trials:
-        key = pack_key(trial) if size > 1 else None
-        home = newest.get(key)
-        if home is not None and len(home) < size:
+def pack_trials(trials: list[TrialConfig], size: int | Mapping[Hashable, int],
+                kept: Iterable[Sequence[str]] = ()) -> list[list[TrialConfig]]:
+    """Packs of trials that can share one packed model, in sweep order. `size` caps a pack: one
+    number, or one per `pack_key` (1 for a key it lacks). A key's trials are split into as few packs
+    as its cap allows, as even as can be (18 trials at 16: two packs of 9; at 4: 4, 4, 4, 3, 3), a
+    trial joining the newest pack of its key while that has room. `kept` lists trial ids that stay
+    one pack as they are (an interrupted run's packs, which continue from their checkpoints) where
+    all of them are in `trials`."""
+    position = {t.trial_id: i for i, t in enumerate(trials)}
+    packs = [[trials[position[i]] for i in ids] for ids in {tuple(ids) for ids in kept}
+             if len(ids) > 1 and all(i in position for i in ids)]
+    taken = {t.trial_id for pack in packs for t in pack}
+    if len(taken) < sum(map(len, packs)):  # kept packs that share a trial: none is kept
+        packs, taken = [], set()
+    rest = [t for t in trials if t.trial_id not in taken]
+    keys = [None if size == 1 else pack_key(t) for t in rest]
+    caps = {key: 1 if key is None else size if isinstance(size, int) else size.get(key, 1) for key in keys}
+    # Each key's pack sizes, largest first: n trials in ceil(n / cap) packs differing by one at most.
+    plans = {}
+    for key, n in Counter(keys).items():
+        count = math.ceil(n / caps[key])
+        plans[key] = iter([n // count + 1] * (n % count) + [n // count] * (count - n % count))
+    newest: dict[Hashable, tuple[list[TrialConfig], int]] = {}
+    for trial, key in zip(rest, keys):
+        home, room = newest.get(key, ([], 0))
+        if len(home) < room:
             home.append(trial)
         else:
             packs.append([trial])
-            if key is not None:
-                newest[key] = packs[-1]
-    return packs
+            newest[key] = (packs[-1], next(plans[key]))
+    return sorted(packs, key=lambda pack: position[pack[0].trial_id])
+
+
+def _kept_packs(checkpoints: Mapping[str, str]) -> list[list[str]]:
+    """The packs an earlier run's checkpoints hold: trial ids by checkpoint folder."""
+    by_folder: dict[str, list[str]] = {}
+    for trial_id, folder in checkpoints.items():
+        by_folder.setdefault(folder, []).append(trial_id)
+    return list(by_folder.values())
+
+
+def _probe_packs(jobs: list[tuple[list[TrialConfig], int]], threads: int) -> list[PackProbe]:
+    torch.set_num_threads(threads)
+    return [probe_packs(cfgs, largest) for cfgs, largest in jobs]
+
+
+def _probe(spec: SweepSpec, jobs: list[tuple[list[TrialConfig], int]]) -> list[PackProbe]:
+    """`probe_packs` of each job, in one Ray task with a Tune trial's resources: on a GPU like the
+    ones the packs will train on, alone on it (one job after another), in a process that exits
+    after it (`max_calls=1`), so its CUDA memory is free again for the trials."""
+    task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_calls=1)(_probe_packs)
+    try:
+        return ray.get(task.remote(jobs, math.ceil(spec.resources.cpu)), timeout=_PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise GuardError(f"pack: {spec.pack}: no Ray worker with {spec.resources.cpu:g} CPUs and "
+                         f"{spec.resources.gpu:g} GPUs ran the pack probe within {_PROBE_TIMEOUT_S} s; add GPU "
+                         "workers to the cluster, or set pack to a number of trials on device: cpu") from None
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ValueError):  # the device, the dataset or the trials refused, as a trial would
+            raise GuardError(f"pack: {spec.pack}: the pack probe refused: {e.cause}") from None
+        raise
+
+
+def _pack_sizes(spec: SweepSpec, trials: list[TrialConfig]) -> tuple[int | dict[Hashable, int], list[str]]:
+    """Each pack key's cap on its packs, and lines to log: `pack:` itself, or with `pack: auto`
+    the size a probe on the trials' own resources found best (sparsity_core.capacity). Off the CPU
+    a fixed size is first checked against the memory the probe measured. Raises GuardError, with
+    the fix, where a pack cannot fit."""
+    if spec.pack == 1 or (spec.pack != "auto" and spec.device == "cpu"):
+        return spec.pack, []
+    groups: dict[Hashable, list[TrialConfig]] = {}
+    for trial in trials:
+        key = pack_key(trial)
+        if key is not None:
+            groups.setdefault(key, []).append(trial)
+    groups = {key: group for key, group in groups.items() if len(group) > 1}
+    auto = spec.pack == "auto"
+    # A fixed size needs memory at two sizes only; `auto` doubles while that pays.
+    jobs = [(group, len(group)) if auto else (group[:2], 2) for group in groups.values()]
+    probes = _probe(spec, jobs) if jobs else []
+    varying = varying_settings(group[0] for group in groups.values())
+    sizes: dict[Hashable, int] = {}
+    lines = []
+    for (key, group), probe in zip(groups.items(), probes):
+        what = " ".join(f"{k}={json.dumps(group[0].flat()[k])}" for k in varying) or "this sweep"
+        fit = probe.largest_fit()
+        if fit == 0:
+            raise GuardError(f"pack: {spec.pack}: one trial of {what} does not fit the device ({probe.describe()}); "
+                             "lower train.batch_size, model.width or dataset.image_size, or use a GPU with more memory")
+        want = len(group) if auto else min(int(spec.pack), len(group))
+        if not auto and fit is not None and want > fit:
+            need = probe.need_bytes(want) or 0.0
+            raise GuardError(f"pack: {spec.pack}: a pack of {want} trials of {what} needs about "
+                             f"{need / 2**30:.1f} GiB of device memory ({probe.describe()}); {fit} fit: "
+                             f"set pack: {fit} (or pack: auto)")
+        sizes[key] = probe.best() if auto else want
+        if auto:
+            lines.append(f"pack: auto: {len(group)} trials of {what} in packs of up to {sizes[key]} "
+                         f"({probe.describe()})")
+    return sizes, lines
 
 
 def resumable_checkpoints(store: ResultStore) -> dict[str, str]:
@@ -297,16 +388,19 @@ class _Plan:
     finish: Callable[[], None]  # after the last trial
 
 
-def _grid_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
+def _grid_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[str, str]) -> _Plan:
     """The trials without a finished result (all of them with `force`), packed as `pack:` asks."""
     spec, trials = sweep.spec, sweep.trials
     finished = {t: s for t, s in store.finished().items() if s in FINISHED}
     todo = [t for t in trials if force or t.trial_id not in finished]
-    packs = pack_trials(todo, spec.pack)
+    sizes, probed = _pack_sizes(spec, todo)
+    # An interrupted run's packs stay as they were, whatever the sizes now: they resume.
+    kept = _kept_packs(checkpoints) if spec.pack != 1 else []
+    packs = pack_trials(todo, sizes, kept)
     lines = [f"sweep {spec.name!r}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
              f"{len(todo)} to run (varying: {', '.join(varying_settings(trials)) or 'nothing'}); "
-             f"results in {store.uri}"]
-    if spec.pack > 1:
+             f"results in {store.uri}", *probed]
+    if spec.pack != 1:
         lines.append(f"{len(todo)} trials packed into {len(packs)} packed models")
     todo_ids = {t.trial_id for t in todo}
 
@@ -321,7 +415,7 @@ def _grid_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
                  earlier=tuple(t for t in finished if t not in todo_ids), finish=lambda: None)
 
 
-def _search_plan(sweep: Sweep, store: ResultStore, force: bool) -> _Plan:
+def _search_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[str, str]) -> _Plan:
     """The rest of an Optuna search from the sweep's one base trial; a sampled config that equals an
     interrupted trial's continues from its checkpoint (a finished trial's is not resumed)."""
     spec, optuna = sweep.spec, sweep.spec.optuna
@@ -340,7 +434,8 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
     """Run a grid sweep's trials that have no finished result yet (all of them with `force`), or
     the rest of an Optuna search (`optuna:` in the spec, from the sweep's one base trial)."""
     spec = sweep.spec
-    plan = (_grid_plan if spec.optuna is None else _search_plan)(sweep, store, force)
+    checkpoints = {} if force else resumable_checkpoints(store)  # an earlier, interrupted run's
+    plan = (_grid_plan if spec.optuna is None else _search_plan)(sweep, store, force, checkpoints)
     for line in plan.lines:
         _log.info(line)
     skipped = plan.total - plan.todo
@@ -348,7 +443,7 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
         return SweepSummary(plan.total, skipped, {})
 
     store.remove_temporaries()
-    resume_from = plan.resume({} if force else resumable_checkpoints(store))
+    resume_from = plan.resume(checkpoints)
     for name, value in _TUNE_ENV.items():
         os.environ.setdefault(name, value)
     configs = _Configs(sweep.trials)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
@@ -38,10 +38,16 @@ class SpecError(ValueError):
 
 
 class Resources(BaseModel):
+    """What Ray reserves for each Tune trial: one solo trial, or one pack."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch's thread count)")
-    gpu: float = Field(0.0, ge=0, description="GPU fraction per trial")
+    gpu: float = Field(0.0, ge=0, le=1, description="GPUs per trial: a fraction shares one; a trial trains on "
+                                                   "one GPU at most (unset with device: cuda: 1)")
     max_concurrent: int | None = Field(None, gt=0, description="trials at once (None: as resources allow)")
+
+
+Pack = int | Literal["auto"]
 
 
 class SweepSpec(BaseModel):
@@ -59,8 +65,9 @@ class SweepSpec(BaseModel):
     resources: Resources = Resources()
     retries: int = Field(2, ge=0, description="re-runs of a trial that raised, before it counts as failed")
     checkpoint_every: int = Field(0, ge=0, description="Tune checkpoint every k epochs (0: none)")
-    pack: int = Field(1, ge=1, description="train up to N compatible trials as one packed model "
-                                             "(one Tune trial with the `resources` above)")
+    pack: Pack = Field(1, description="train up to N compatible trials as one packed model (one Tune trial "
+                                      "with the `resources` above); `auto`: as many as a probe finds worth it "
+                                      "on that device (sparsity_core.capacity)")
     optuna: OptunaSpec | None = Field(
         None, description="search these settings with Optuna instead of a grid (the rest is the fixed base)"
     )
@@ -68,16 +75,39 @@ class SweepSpec(BaseModel):
         None, description="stop trials dominated at a rung epoch (`early_stopping: {}`: the defaults)"
     )
 
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_size(cls, value: Any) -> Pack:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number of trials (1 or more) or `auto`, got {value!r}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_gpu_for_cuda(cls, raw: Any) -> Any:
+        """`device: cuda` reserves one GPU per Tune trial unless `resources.gpu` says otherwise."""
+        if isinstance(raw, dict) and raw.get("device") == "cuda":
+            resources = raw.get("resources") or {}
+            if isinstance(resources, dict) and "gpu" not in resources:
+                return {**raw, "resources": {**resources, "gpu": 1.0}}
+        return raw
+
     @model_validator(mode="after")
     def _modes_fit_together(self) -> SweepSpec:
         if self.optuna is not None and (self.grid or self.variants or len(self.seeds) > 1):
             raise ValueError("a sweep with `optuna:` searches from one fixed base: drop `grid:`, "
                              "`variants:` and all but one of `seeds:` (or put the settings in optuna.space)")
-        if self.pack > 1 and self.optuna is not None:
+        if self.pack != 1 and self.optuna is not None:
             raise ValueError("`pack:` trains a grid's trials together: use it without `optuna:`")
-        if self.pack > 1 and self.early_stopping is not None:
+        if self.pack != 1 and self.early_stopping is not None:
             raise ValueError("`early_stopping:` stops single trials, and a stop would end every trial of a "
                              "packed model: use it with pack: 1, or drop early_stopping")
+        if self.device == "cuda" and self.resources.gpu == 0:
+            raise ValueError("resources.gpu: 0 with device: cuda gives the trials no GPU: set resources.gpu "
+                             "(1, or a fraction such as 0.25 to share one), or device: cpu")
+        if self.device == "cuda" and self.pack != 1 and self.resources.gpu != 1:
+            raise ValueError(f"pack: {self.pack} trains each pack on one whole GPU (its size is checked against "
+                             "that GPU's memory): set resources.gpu: 1")
         return self
 
 

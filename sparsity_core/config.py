@@ -149,6 +149,10 @@ class TrainConfig(_Section):
                                 json_schema_extra=PER_TRIAL)
     eval_batch_size: int = Field(1000, gt=0, json_schema_extra=PER_TRIAL)
     compile: bool = Field(False, description="torch.compile the training step's model")
+    cuda_graph: bool = Field(
+        False, description="capture the whole training step once as a CUDA graph and replay it (CUDA only; "
+                           "ignored, with a logged reason, where the step runs on the CPU)"
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 autocast of the training step on CUDA (BN statistics stay fp32)"
     )

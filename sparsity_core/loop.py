@@ -10,6 +10,7 @@ loss turns NaN/inf stops and returns status "diverged": data, not a crash.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,15 +21,18 @@ import torch
 from torch import nn
 
 from .config import TrialConfig
-from .data import BatchLoader, load_dataset
-from .engine import Engine, PackedEngine, SoloEngine
+from .data import BatchLoader, ImageData, load_dataset
+from .engine import Engine, PackedEngine, engine_for, graphed
 from .measure import due, measure_epoch
 from .metrics import EpochMetrics
 from .models import build_model
 from .optim import group_lrs, lr_factor
-from .remedies import configured
+from .remedies import Remedy, configured
 
-__all__ = ["Status", "TrialResult", "Report", "PackReport", "resolve_device", "train", "train_packed"]
+__all__ = ["Status", "TrialResult", "Report", "PackReport", "Training", "resolve_device", "build_training", "train",
+           "train_packed"]
+
+_log = logging.getLogger(__name__)
 
 Status = Literal["ok", "diverged"]
 
@@ -58,9 +62,63 @@ PackReport = Callable[[dict[int, EpochMetrics], dict[str, Any] | None], None]
 
 
 def resolve_device(name: str) -> torch.device:
+    """The training device: `auto` is CUDA where torch has it, else the CPU. Raises ValueError,
+    naming the fix, for `cuda` where torch has none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = ("was built without CUDA" if torch.version.cuda is None
+               else f"(CUDA {torch.version.cuda}) finds no usable GPU")
+        raise ValueError(f"device 'cuda': torch {torch.__version__} {why}; set device: cpu (or auto), "
+                         "or run where a CUDA GPU is visible")
     return torch.device(name)
+
+
+@dataclass
+class Training:
+    """What a run of N trials trains with (N = 1 for a solo trial), built once by `build_training`."""
+
+    remedies: list[Remedy]
+    run_cfgs: list[TrialConfig]  # each trial's config after its remedy's `configure`
+    device: torch.device
+    data: ImageData
+    engine: Engine
+    generators: list[torch.Generator]  # each trial's batches, seeded with its seed
+    loaders: list[BatchLoader]  # each trial's training batches; zip them for the engine's steps
+
+
+def build_training(cfgs: Sequence[TrialConfig], *, packed: bool, data: ImageData | None = None) -> Training:
+    """The engine, data and loaders of `cfgs` as a pack (`packed`) or as one solo trial, after
+    every check that can refuse them (ValueError); `data`, when given, is the loaded dataset."""
+    configs = [configured(cfg) for cfg in cfgs]  # each remedy's `configure` runs here, once
+    remedies, run_cfgs = [remedy for remedy, _ in configs], [run_cfg for _, run_cfg in configs]
+    device = resolve_device(cfgs[0].device)
+    shared = run_cfgs[0].train  # batching, epochs, precision and the step's form are the same for a whole pack
+    if shared.cuda_graph and not graphed(shared, device):
+        _log.warning("train.cuda_graph ignored: the step runs on %s, and CUDA graphs need a CUDA device", device)
+    engine_type = engine_for(packed, shared, device)
+    reason = engine_type.refusal(remedies, run_cfgs)
+    if reason is not None:
+        if not packed and engine_type is PackedEngine:
+            reason = f"train.cuda_graph trains a solo trial as a pack of one, and {reason}; set train.cuda_graph: false"
+        raise ValueError(reason)
+    data = load_dataset(run_cfgs[0].dataset, device) if data is None else data
+    models = []
+    for cfg, run_cfg, remedy in zip(cfgs, run_cfgs, remedies):
+        # A trial's initial weights come from its seed alone (load_dataset draws nothing from torch's RNG).
+        torch.manual_seed(cfg.seed)
+        model = build_model(run_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
+        models.append(remedy.prepare_model(model).to(device))
+    engine = engine_type(models, [c.train for c in run_cfgs], device)
+    generators = [torch.Generator(device=device).manual_seed(cfg.seed) for cfg in cfgs]
+    # drop_last: a final batch of one image would break BatchNorm's training statistics.
+    loaders = [BatchLoader(data, "train", shared.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
+                           generator=generator, drop_last=True, channels_last=device.type == "cuda")
+               for run_cfg, generator in zip(run_cfgs, generators)]
+    if len(loaders[0]) == 0:
+        raise ValueError(f"batch_size {shared.batch_size} exceeds the {len(data.train_y)} training images "
+                         f"of {run_cfgs[0].dataset.name!r}; use a smaller train.batch_size")
+    return Training(remedies, run_cfgs, device, data, engine, generators, loaders)
 
 
 def train(
@@ -77,7 +135,7 @@ def train(
     picks up after that epoch, bit for bit on the same device.
     """
     each = None if report is None else lambda metrics, state: report(metrics[0], state)
-    return _run([cfg], SoloEngine, each, resume, checkpoint_every)[0]
+    return _run([cfg], False, each, resume, checkpoint_every)[0]
 
 
 def train_packed(
@@ -99,7 +157,7 @@ def train_packed(
     (state None), so a recorder that lost it sees every trial's end. Each result's `wall_time_s` is
     the pack's time until that trial ended.
     """
-    return _run(cfgs, PackedEngine, report, resume, checkpoint_every)
+    return _run(cfgs, True, report, resume, checkpoint_every)
 
 
 def _ended(cfg: TrialConfig, history: list[EpochMetrics], model: nn.Module, start_time: float) -> TrialResult:
@@ -124,6 +182,7 @@ def _snapshot(epoch: int, engine: Engine, generators: list[torch.Generator],
 
 
 def _restore(state: dict[str, Any], engine: Engine, generators: list[torch.Generator]) -> None:
+    # Before the first step: a captured step (engine.GraphedStep) records the tensors made here.
     engine.model.load_state_dict(state["model"])
     engine.optimizer.load_state_dict(state["optimizer"])
     for generator, generator_state in zip(generators, state["generators"], strict=True):
@@ -133,37 +192,17 @@ def _restore(state: dict[str, Any], engine: Engine, generators: list[torch.Gener
 
 def _run(
     cfgs: Sequence[TrialConfig],
-    engine_type: type[Engine],
+    packed: bool,
     report: PackReport | None,
     resume: dict[str, Any] | None,
     checkpoint_every: int,
 ) -> list[TrialResult]:
     start_time = time.perf_counter()
-    configs = [configured(cfg) for cfg in cfgs]  # each remedy's `configure` runs here, once
-    remedies, run_cfgs = [remedy for remedy, _ in configs], [run_cfg for _, run_cfg in configs]
-    reason = engine_type.refusal(remedies, run_cfgs)
-    if reason is not None:
-        raise ValueError(reason)
-    device = resolve_device(cfgs[0].device)
-    data = load_dataset(run_cfgs[0].dataset, device)
-    models = []
-    for cfg, run_cfg, remedy in zip(cfgs, run_cfgs, remedies):
-        # A trial's initial weights come from its seed alone (load_dataset draws nothing from torch's RNG).
-        torch.manual_seed(cfg.seed)
-        model = build_model(run_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels)
-        models.append(remedy.prepare_model(model).to(device))
-    engine = engine_type(models, [c.train for c in run_cfgs], device)
-    # Each trial draws its own batches from its own generator, seeded with its seed.
-    generators = [torch.Generator(device=device).manual_seed(cfg.seed) for cfg in cfgs]
-    shared = run_cfgs[0].train  # batching, epochs and precision are the same for a whole pack
-    # drop_last: a final batch of one image would break BatchNorm's training statistics.
-    loaders = [BatchLoader(data, "train", shared.batch_size, shuffle=True, flip=run_cfg.dataset.augment,
-                           generator=generator, drop_last=True, channels_last=device.type == "cuda")
-               for run_cfg, generator in zip(run_cfgs, generators)]
+    training = build_training(cfgs, packed=packed)
+    remedies, run_cfgs, device, data = training.remedies, training.run_cfgs, training.device, training.data
+    engine, generators, loaders = training.engine, training.generators, training.loaders
+    shared = run_cfgs[0].train
     steps = len(loaders[0])
-    if steps == 0:
-        raise ValueError(f"batch_size {shared.batch_size} exceeds the {len(data.train_y)} training images "
-                         f"of {run_cfgs[0].dataset.name!r}; use a smaller train.batch_size")
 
     histories: list[list[EpochMetrics]] = [[] for _ in cfgs]
     results: dict[int, TrialResult] = {}  # the trials that have ended, by index

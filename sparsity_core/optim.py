@@ -32,19 +32,28 @@ class OptimizerSpec:
     cls: Callable[..., torch.optim.Optimizer]
     lr: float  # the paper's base LR for this optimizer (config.PAPER_LRS)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Takes `capturable=True`, which keeps its step counter on the device so that a step captured
+    # in a CUDA graph (sparsity_core.engine) counts on replay. The others are graph-safe at a
+    # constant LR as they are: SGD keeps no counter; Adagrad's stays on the host and enters the
+    # update only through lr_decay, 0 here (a graphed run's checkpoints keep its `step` at 0).
+    capturable: bool = False
 
 
 # Each update is lr times a function of the gradients alone (the parameter's value enters only
 # through weight_decay): packs run these classes at lr=1 and scale the update per trial
 # (sparsity_core.packed; tests/test_packed.py checks every entry against its solo step).
+# Every state tensor they create at their first step starts at zero (SGD's momentum buffer starts
+# as the first gradient, which is what a zero buffer gives without dampening): a captured step's
+# warm-up is undone by zeroing them (tests/test_graph.py checks every entry).
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(torch.optim.SGD, PAPER_LRS["sgd"], {"momentum": 0.9}),
-    "adam": OptimizerSpec(torch.optim.Adam, PAPER_LRS["adam"], {"betas": (0.9, 0.99), "eps": 1e-8}),
-    "amsgrad": OptimizerSpec(torch.optim.Adam, PAPER_LRS["amsgrad"], {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True}),
-    "adamax": OptimizerSpec(torch.optim.Adamax, PAPER_LRS["adamax"]),
-    "rmsprop": OptimizerSpec(torch.optim.RMSprop, PAPER_LRS["rmsprop"]),
+    "adam": OptimizerSpec(torch.optim.Adam, PAPER_LRS["adam"], {"betas": (0.9, 0.99), "eps": 1e-8}, capturable=True),
+    "amsgrad": OptimizerSpec(torch.optim.Adam, PAPER_LRS["amsgrad"],
+                             {"betas": (0.9, 0.99), "eps": 1e-8, "amsgrad": True}, capturable=True),
+    "adamax": OptimizerSpec(torch.optim.Adamax, PAPER_LRS["adamax"], capturable=True),
+    "rmsprop": OptimizerSpec(torch.optim.RMSprop, PAPER_LRS["rmsprop"], capturable=True),
     "adagrad": OptimizerSpec(torch.optim.Adagrad, PAPER_LRS["adagrad"]),
-    "adadelta": OptimizerSpec(torch.optim.Adadelta, PAPER_LRS["adadelta"], {"rho": 0.9, "eps": 1e-6}),
+    "adadelta": OptimizerSpec(torch.optim.Adadelta, PAPER_LRS["adadelta"], {"rho": 0.9, "eps": 1e-6}, capturable=True),
 }
 
 

@@ -188,18 +188,26 @@ class PackedOptimizer:
     -update into the delta, and `p += lr_i * delta` applies each trial's LR (its base LR, gamma/beta
     scale and schedule). A trial's slice thus moves as its solo step moves it, up to one rounding.
     Its state (`optimizer`, torch's) is the pack's optimizer state in a checkpoint.
+
+    Nothing in a step depends on a host value that changes between steps (torch's LR is the
+    constant 1, the per-trial values live in device tensors that keep their identity, and with
+    `capturable` torch's step counters live on the device): the step can be captured as a CUDA
+    graph (`sparsity_core.engine`). Which per-trial buffers exist is fixed at construction.
     """
 
-    def __init__(self, model: nn.Module, cfgs: Sequence[TrainConfig]) -> None:
+    def __init__(self, model: nn.Module, cfgs: Sequence[TrainConfig], *, capturable: bool = False) -> None:
         spec = OPTIMIZERS[cfgs[0].optimizer]
         self._cfgs = list(cfgs)
         self._params = [(group, p) for group, params in param_groups(model).items() for p in params]
         self._deltas = [torch.zeros_like(p) for _, p in self._params]
-        self.optimizer = spec.cls(self._deltas, lr=1.0, weight_decay=0.0, **spec.kwargs)
+        graph_safe = {"capturable": True} if capturable and spec.capturable else {}
+        self.optimizer = spec.cls(self._deltas, lr=1.0, weight_decay=0.0, **spec.kwargs, **graph_safe)
         self._device = self._deltas[0].device
         self._lrs = [group_lrs(c) for c in cfgs]
         # Per-trial values [N] live on the device and change in place, once an epoch; a regularizer
-        # term that no trial uses stays None and out of the step.
+        # term that no trial uses stays None and out of the step. Which terms are used is settled
+        # here, at factor 1: l2 and l1 do not depend on the factor, and decay (1 - strength x
+        # factor) moves away from 1 as the factor grows, which it never does past 1.
         self._lr = {group: torch.zeros(len(cfgs), device=self._device) for group in self._lrs[0]}
         self._decay: torch.Tensor | None = None
         self._l1: torch.Tensor | None = None

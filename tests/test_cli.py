@@ -1,6 +1,7 @@
 """Bad input to the CLI: one clear message, exit code 2, no traceback, no result touched."""
 
 import pytest
+import torch
 
 from .integration import TINY, run_cli, write_sweep
 
@@ -64,3 +65,15 @@ def test_dry_run_lists_trials_and_runs_nothing(tmp_path):
     assert out.returncode == 0
     assert "4 trials" in out.stdout and 'optimizer="sgd" seed=1' in out.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_exits_2_before_anything_runs(tmp_path, results):
+    before = _snapshot(results)
+    sweep = write_sweep(tmp_path, TINY.replace("device: cpu", "device: cuda"))
+    out = run_cli(sweep, "--results", results, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("error: device 'cuda': torch ") and out.stderr.count("\n") == 1
+    assert "set device: cpu (or auto)" in out.stderr and "--address" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert _snapshot(results) == before and not (results / "tiny" / "_tune").exists()

@@ -368,7 +368,7 @@ def test_a_stopped_trial_is_a_result_that_a_rerun_keeps(tmp_path) -> None:
     assert again.returncode == 0 and "3 already finished, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     store = ResultStore(str(results), "tiny")
-    assert _grid_plan(load_spec(sweep), store, force=True).todo == 3  # --force runs it again
+    assert _grid_plan(load_spec(sweep), store, force=True, checkpoints={}).todo == 3  # --force runs it again
 
     # A grown sweep judges its new trial against the earlier three (read from their epoch rows):
     # the first to arrive at the rung in this run, it is stopped there.

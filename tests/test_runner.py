@@ -199,6 +199,17 @@ def test_packed_trials_run_as_one_tune_trial_and_land_separately(tmp_path):
     assert table(results, "tiny", "layers").height == 4 * 2 * 7
 
 
+def test_packed_sweep_with_pack_auto_sizes_its_packs_by_a_probe(tmp_path):
+    sweep = write_sweep(tmp_path, TINY + "grid: {strength: [1.0e-3, 1.0e-4]}\nseeds: [0, 1]\npack: auto\n")
+    results = tmp_path / "results"
+    out = run_cli(sweep, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pack: auto: 4 trials of this sweep in packs of up to " in out.stdout
+    assert "(cpu: trials x steps/s by pack size 1: " in out.stdout
+    trials = table(results, "tiny", "trials")
+    assert trials.height == 4 and set(trials["status"]) == {"ok"}
+
+
 def test_killed_packed_sweep_resumes_from_the_packs_checkpoint(tmp_path):
     sweep = write_sweep(tmp_path, """\
 dataset: {name: digits, image_size: 16}

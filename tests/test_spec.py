@@ -126,6 +126,12 @@ def test_overrides_by_dotted_key_and_alias(tmp_path):
         (BASE + "early_stopping: {rungs: [1], objectives: [{metric: pruned_test_err, mode: min}]}\n",
          "early_stopping.objectives: pruned_test_err not reported every epoch"),
         (BASE + "pack: 2\nearly_stopping: {rungs: [1]}\n", "use it with pack: 1, or drop early_stopping"),
+        (BASE + "resources: {gpu: 2}\n", "resources.gpu: Input should be less than or equal to 1"),
+        (BASE + "pack: 0\n", "pack: expected a whole number of trials (1 or more) or `auto`, got 0"),
+        (BASE + "pack: many\n", "got 'many'"),
+        (BASE + "device: cuda\nresources: {gpu: 0}\n", "device: cuda gives the trials no GPU: set resources.gpu"),
+        (BASE + "device: cuda\npack: 4\nresources: {gpu: 0.25}\n", "pack: 4 trains each pack on one whole GPU"),
+        (BASE + "device: cuda\npack: auto\nresources: {gpu: 0.5}\n", "set resources.gpu: 1"),
         ("grid: [\n", "not valid YAML at line"),
         ("", "the file is empty"),
         ("- a\n- b\n", "expected a mapping"),
@@ -146,6 +152,16 @@ def test_early_stopping_turns_on_with_an_empty_section_and_takes_overrides(tmp_p
     assert load_spec(path, ["early_stopping.rungs=[50]"]).judge().rungs == (50,)
     assert load_spec(path, ["early_stopping=null"]).judge() is None
     assert load_spec(_write(tmp_path, BASE)).judge() is None
+
+
+def test_resources_per_tune_trial(tmp_path):
+    """A CUDA sweep reserves one GPU per Tune trial unless it says otherwise; a pack holds one GPU."""
+    assert load_spec(_write(tmp_path, BASE)).spec.resources.gpu == 0
+    assert load_spec(_write(tmp_path, BASE + "device: cuda\nresources: {cpu: 2}\n")).spec.resources.gpu == 1
+    assert load_spec(_write(tmp_path, BASE + "device: cuda\nresources: {gpu: 0.25}\n")).spec.resources.gpu == 0.25
+    packed = load_spec(_write(tmp_path, BASE + "device: cuda\npack: auto\n")).spec
+    assert (packed.pack, packed.resources.gpu) == ("auto", 1)
+    assert load_spec(_write(tmp_path, BASE), ["pack=auto"]).spec.pack == "auto"
 
 
 def test_missing_file_and_bad_overrides(tmp_path):
