@@ -80,7 +80,7 @@ def cluster(endpoint, tmp_path_factory):  # noqa: F811 (the imported fixture)
     """(environment of a shell that talks to the cluster, dashboard address, results URI, data root)."""
     tmp = tmp_path_factory.mktemp("rehearsal")
     data = tmp / "shared" / "cifar"  # mounted at the same path on every node
-    write_cifar10(data, per_file=150)
+    write_cifar10(data, per_file=100)
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
@@ -197,7 +197,7 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
                 f"{submission_id} ended ({status}) before it could be killed mid-sweep:\n"
                 + client.get_job_logs(submission_id))
         assert time.monotonic() - started < 240, "the sweeps did not get going"
-        time.sleep(0.25)
+        time.sleep(0.5)
     assert _wait(client, "grid-1") == _wait(client, "search-1") == "FAILED"
     before = _frame(grid, "trials").select("trial_id", "finished_at")
     storage = default_storage(search.uri)
