@@ -1,11 +1,13 @@
-"""A trial one sweep finished is reused by another sweep under the same results root, through the
-real CLI on a real local Ray; and what a sweep's console shows (the S3 case is in test_s3.py)."""
+"""What run.py wires around the runner, on a real local Ray: a trial one sweep finished reused by
+another sweep under the same results root (the S3 case is in test_s3.py), what a sweep's console
+shows, and a driver that lost its lock writing nothing sweep-wide."""
 
 import polars as pl
 import pytest
 
+from orchestrator.runner import run_sweep
 from orchestrator.spec import load_spec
-from orchestrator.store import TABLES
+from orchestrator.store import TABLES, ResultStore
 
 from .integration import TINY, run_cli, table, write_sweep
 
@@ -51,3 +53,18 @@ def test_a_second_sweep_reuses_a_finished_trial_and_force_trains_it(tmp_path):
     assert retrained.returncode == 0, retrained.stdout + retrained.stderr
     assert "reused" not in retrained.stdout and "1/1 done (1 ok)" in retrained.stdout
     assert table(results, "c", "trials")["reused_from"].to_list() == [None]
+
+
+def test_a_driver_that_lost_its_lock_marks_no_pareto_front(tmp_path, local_ray):
+    """Another driver may own the results by then: the Pareto flags, set on every trial row at the
+    end of a search, are left alone (an owner of the lock sets them, as test_runner shows)."""
+    search = write_sweep(tmp_path, TINY + """\
+optuna:
+  n_trials: 2
+  population_size: 2
+  space: {strength: {type: loguniform, low: 1.0e-5, high: 1.0e-2}}
+""", name="search")
+    store = ResultStore(str(tmp_path / "results"), "search")
+    summary = run_sweep(load_spec(search), store, still_locked=lambda: False)
+    assert summary.statuses and set(summary.statuses.values()) == {"ok"}
+    assert table(tmp_path / "results", "search", "trials")["on_pareto_front"].to_list() == [None, None]
