@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
 
 
 def cli_env() -> dict[str, str]:
@@ -45,3 +48,31 @@ train: {epochs: 2, lr_steps: [1], batch_size: 64, optimizer: adam, reg: l2, stre
 device: cpu
 resources: {cpu: 1}
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`ray start --block ARGS`, once it is up: a node whose processes end when this one is
+    terminated, so a test stops its own nodes, not every Ray on the machine as `ray stop` would.
+    Its own processes listen on free ports: several nodes (and other Rays) share this machine."""
+    ports = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    with log.open("w") as out:
+        node = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--object-store-memory=100000000",
+                                 *(f"--{name}={free_port()}" for name in ports), *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while "block forever" not in log.read_text():
+        assert node.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return node
+
+
+def stop_ray_node(node: subprocess.Popen) -> None:
+    node.terminate()
+    node.wait(timeout=120)

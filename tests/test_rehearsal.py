@@ -16,9 +16,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +32,11 @@ from orchestrator.search import default_storage, open_storage
 from orchestrator.store import TABLES, ResultStore
 
 from .cifar import FIXTURE_ENV, write_cifar10
-from .integration import ROOT
+from .integration import RAY, ROOT, free_port, start_ray_node, stop_ray_node
 from .test_s3 import BUCKET, CREDENTIALS, endpoint  # noqa: F401 (endpoint: the moto server, a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RAY = Path(sys.executable).parent / "ray"
 EPOCHS = 4
 # The shipped sweeps shrunk to a few seconds a trial on one CPU; the CIFAR root on the shared path
 # is added per test. Everything else (table1's grid axes, pareto's NSGA-II search) is as shipped.
@@ -47,32 +44,7 @@ SMALL = ["device=cpu", "resources.cpu=1", "resources.gpu=0", "model.width=0.125"
          "train.lr_steps=[3]", "checkpoint_every=1"]
 TABLE1 = ["grid.dataset=[cifar10]", "grid.optimizer=[sgd,adam]", "grid.strength=[1.0e-4]", "seeds=[0]"]
 PARETO = ["optuna.n_trials=4", "optuna.population_size=2", "train.reference_batch_size=null"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ports() -> list[str]:
-    """Ports of a node's own processes, free ones: two nodes (and other Rays) share this machine."""
-    names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
-    return [f"--{name}={_free_port()}" for name in names]
-
-
-def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`ray start --block`: a node whose processes end with this one (so the test stops its own
-    cluster, not every Ray on the machine as `ray stop` would)."""
-    with log.open("w") as out:
-        node = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--object-store-memory=100000000",
-                                 *_ports(), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while "block forever" not in log.read_text():
-        assert node.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
-    return node
+SWEEPS = {"grid": ("sweeps/table1.yaml", TABLE1), "search": ("sweeps/pareto.yaml", PARETO)}  # job name -> sweep
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +62,20 @@ def cluster(endpoint, tmp_path_factory):  # noqa: F811 (the imported fixture)
     # A temp folder per node, as on separate machines (each node unpacks the job's working dir into
     # its own; a shared one is unpacked over a running driver). Short: socket paths must fit 107 bytes.
     temp_dirs = [tempfile.mkdtemp(prefix="ray-", dir="/tmp") for _ in range(2)]
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     nodes = []
     try:
         # The head runs the drivers, so it has the results location (as both cluster configs set it).
-        nodes.append(_start_node(
+        nodes.append(start_ray_node(
             ["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dirs[0]}", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={_free_port()}"],
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"],
             {**env, RESULTS_ENV: results, LEASE_ENV: "3"}, tmp / "head.log"))
-        nodes.append(_start_node([f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temp_dirs[1]}"],
+        nodes.append(start_ray_node([f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temp_dirs[1]}"],
                                  env, tmp / "worker.log"))
         yield env, f"http://127.0.0.1:{dashboard}", results, data
     finally:
         for node in reversed(nodes):
-            node.terminate()
-            node.wait(timeout=120)
+            stop_ray_node(node)
         # Ray's logs stay with the test's files (pytest keeps the last three runs'), the rest goes.
         for node, temp_dir in enumerate(temp_dirs):
             shutil.copytree(Path(temp_dir) / "session_latest" / "logs", tmp / f"ray-logs-{node}", dirs_exist_ok=True)
@@ -121,7 +92,8 @@ def jobs(cluster, monkeypatch):
     env, address, _, data = cluster
     for name, value in CREDENTIALS.items():  # this process reads the results on S3 too
         monkeypatch.setenv(name, value)
-    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text()}"})
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     # Trial workers accept the fixture's md5s (not CIFAR-10's official ones).
     runtime_env = {"worker_process_setup_hook": "tests.cifar.accept_fixture_checksums",
                    "env_vars": {FIXTURE_ENV: str(data)}}
@@ -171,7 +143,8 @@ def test_local_results_are_refused_on_two_nodes(cluster, jobs, tmp_path):
     out = submit("refused", "sweeps/table1.yaml", TABLE1, "--results", str(local), wait=True)
     logs = client.get_job_logs("refused")
     assert out.returncode != 0 and "FAILED" in str(client.get_job_status("refused")), out.stdout + out.stderr
-    assert f"error: results folder {local / 'table1'} is on this machine's disk, but the Ray cluster has 2 nodes" in logs
+    assert f"error: results folder {local / 'table1'} is on this machine's disk, but the Ray cluster has 2 " \
+           "nodes" in logs
     assert "--results-shared" in logs and "Traceback" not in logs
     assert not local.exists()
 
@@ -181,8 +154,8 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
     _, _, results, data = cluster
     grid, search = ResultStore(results, "table1"), ResultStore(results, "pareto")
     started = time.monotonic()
-    for submission_id, sweep, extra in (("grid-1", "sweeps/table1.yaml", TABLE1), ("search-1", "sweeps/pareto.yaml", PARETO)):
-        out = submit(submission_id, sweep, extra)
+    for name, (sweep, extra) in SWEEPS.items():
+        out = submit(f"{name}-1", sweep, extra)
         assert out.returncode == 0, out.stdout + out.stderr
 
     # SIGKILL each driver mid-sweep, as a lost head or a killed job would.
@@ -206,8 +179,8 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
     assert 1 <= len(first_run) < 4
 
     # The same commands again: they take over the dead drivers' leases and finish the sweeps.
-    for submission_id, sweep, extra in (("grid-2", "sweeps/table1.yaml", TABLE1), ("search-2", "sweeps/pareto.yaml", PARETO)):
-        out = submit(submission_id, sweep, extra)
+    for name, (sweep, extra) in SWEEPS.items():
+        out = submit(f"{name}-2", sweep, extra)
         assert out.returncode == 0, out.stdout + out.stderr
     assert _wait(client, "grid-2") == "SUCCEEDED", client.get_job_logs("grid-2")
     assert _wait(client, "search-2") == "SUCCEEDED", client.get_job_logs("search-2")
