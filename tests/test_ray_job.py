@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from .integration import RAY, ROOT, TINY, free_port, start_ray_node, stop_ray_node, table, write_sweep
+from .integration import RAY, ROOT, TINY, free_port, start_ray_node, table, write_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def token_cluster(tmp_path):
     try:
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
-        stop_ray_node(head)
+        head.stop()
 
 
 def test_ray_job_submit_with_token_auth(tmp_path, token_cluster):

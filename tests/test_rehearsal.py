@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from orchestrator.search import default_storage, open_storage
 from orchestrator.store import TABLES, ResultStore
 
 from .cifar import FIXTURE_ENV, write_cifar10
-from .integration import RAY, ROOT, free_port, start_ray_node, stop_ray_node
+from .integration import RAY, ROOT, free_port, start_ray_node
 from .test_s3 import BUCKET, CREDENTIALS, endpoint  # noqa: F401 (endpoint: the moto server, a fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,27 +57,20 @@ def cluster(endpoint, tmp_path_factory):  # noqa: F811 (the imported fixture)
     env.update(CREDENTIALS, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                PATH=f"{RAY.parent}:{env['PATH']}")
     results = f"s3://{BUCKET}/rehearsal?endpoint_override={endpoint}&scheme=http"
-    # A temp folder per node, as on separate machines (each node unpacks the job's working dir into
-    # its own; a shared one is unpacked over a running driver). Short: socket paths must fit 107 bytes.
-    temp_dirs = [tempfile.mkdtemp(prefix="ray-", dir="/tmp") for _ in range(2)]
     port, dashboard = free_port(), free_port()
     nodes = []
     try:
         # The head runs the drivers, so it has the results location (as both cluster configs set it).
         nodes.append(start_ray_node(
-            ["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dirs[0]}", "--include-dashboard=true",
+            ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"],
             {**env, RESULTS_ENV: results, LEASE_ENV: "3"}, tmp / "head.log"))
-        nodes.append(start_ray_node([f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temp_dirs[1]}"],
-                                 env, tmp / "worker.log"))
+        nodes.append(start_ray_node([f"--address=127.0.0.1:{port}", "--num-cpus=1"], env, tmp / "worker.log"))
         yield env, f"http://127.0.0.1:{dashboard}", results, data
     finally:
-        for node in reversed(nodes):
-            stop_ray_node(node)
-        # Ray's logs stay with the test's files (pytest keeps the last three runs'), the rest goes.
-        for node, temp_dir in enumerate(temp_dirs):
-            shutil.copytree(Path(temp_dir) / "session_latest" / "logs", tmp / f"ray-logs-{node}", dirs_exist_ok=True)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        # Ray's logs stay with the test's files (pytest keeps the last three runs').
+        for index, node in reversed(list(enumerate(nodes))):
+            node.stop(keep_logs=tmp / f"ray-logs-{index}")
 
 
 @pytest.fixture
