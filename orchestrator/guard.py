@@ -29,8 +29,8 @@ import pyarrow.fs as pafs
 from .s3 import Conflict, S3Location, conditional_put
 from .store import ResultStore
 
-__all__ = ["GuardError", "RESULTS_ENV", "LEASE_ENV", "check_reachable", "check_writable", "check_results_shared",
-           "lease_seconds", "SweepLock", "S3Lease"]
+__all__ = ["GuardError", "RESULTS_ENV", "LEASE_ENV", "LEASE_S", "check_reachable", "check_writable",
+           "check_results_shared", "lease_seconds", "SweepLock", "S3Lease"]
 
 # The CLI's default for --results when set: the cluster configs (docker/) put their bucket here, so
 # `ray job submit -- python orchestrator/run.py sweeps/table1.yaml` needs no --results.

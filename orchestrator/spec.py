@@ -186,7 +186,7 @@ def load_spec(path: str | Path, overrides: Iterable[str] = (), base: str | Path 
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _format_errors(source, e) from None
-    # Imported here: sparsity_core.data brings torch, which parsing a sweep file does not need.
+    # Imported here: sparsity_core.data brings torch; the rest of this module needs the config only.
     from sparsity_core.data import resolve_root
 
     base = Path.cwd() if base is None else base

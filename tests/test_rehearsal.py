@@ -150,12 +150,12 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
         assert out.returncode == 0, out.stdout + out.stderr
 
     # SIGKILL each driver mid-sweep, as a lost head or a killed job would.
-    killed: dict[str, float] = {}
+    killed: set[str] = set()
     while len(killed) < 2:
         for submission_id, store in (("grid-1", grid), ("search-1", search)):
             if submission_id not in killed and _mid_sweep(store):
                 os.kill(int(client.get_job_info(submission_id).driver_info.pid), signal.SIGKILL)
-                killed[submission_id] = time.monotonic() - started
+                killed.add(submission_id)
             status = client.get_job_status(submission_id)
             assert submission_id in killed or not status.is_terminal(), (
                 f"{submission_id} ended ({status}) before it could be killed mid-sweep:\n"
@@ -175,7 +175,6 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
         assert out.returncode == 0, out.stdout + out.stderr
     assert _wait(client, "grid-2") == "SUCCEEDED", client.get_job_logs("grid-2")
     assert _wait(client, "search-2") == "SUCCEEDED", client.get_job_logs("search-2")
-    wall_s = time.monotonic() - started
 
     grid_logs, search_logs = client.get_job_logs("grid-2"), client.get_job_logs("search-2")
     for logs, store in ((grid_logs, grid), (search_logs, search)):
@@ -201,4 +200,3 @@ def test_killed_drivers_resubmitted_finish_every_trial_once(cluster, jobs):
     study = optuna.load_study(study_name="pareto", storage=open_storage(storage))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 4 and [(t.number, t.params) for t in complete][:len(first_run)] == first_run
-    print(json.dumps({"rehearsal_wall_s": round(wall_s, 1), "killed_at_s": killed}))
