@@ -30,12 +30,16 @@ import pyarrow.fs as pafs
 from .s3 import Conflict, S3Location, conditional_put
 from .store import ResultStore
 
-__all__ = ["GuardError", "RESULTS_ENV", "check_device", "check_reachable", "check_writable", "check_results_shared",
-           "SweepLock", "S3Lease"]
+__all__ = ["GuardError", "RESULTS_ENV", "LEASE_ENV", "LEASE_S", "check_device", "check_reachable", "check_writable",
+           "check_results_shared", "lease_seconds", "SweepLock", "S3Lease"]
 
 # The CLI's default for --results when set: the cluster configs (docker/) put their bucket here, so
 # `ray job submit -- python orchestrator/run.py sweeps/table1.yaml` needs no --results.
 RESULTS_ENV = "FILTER_SPARSITY_RESULTS"
+# Seconds of the S3 lock's lease when set: how long a resubmitted job waits for a killed driver's
+# lease to run out (the tests shorten it; a driver renews every third of it).
+LEASE_ENV = "FILTER_SPARSITY_LEASE_S"
+LEASE_S = 60.0
 
 
 class GuardError(ValueError):
@@ -109,6 +113,21 @@ def check_results_shared(store: ResultStore, nodes: int, checkpoint_every: int, 
     )
 
 
+def lease_seconds() -> float:
+    """The S3 lock's lease: ${LEASE_ENV} if set, else LEASE_S."""
+    text = os.environ.get(LEASE_ENV)
+    if text is None:
+        return LEASE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds >= 1.0:
+        raise GuardError(f"${LEASE_ENV}={text!r}: expected the S3 lock's lease in seconds, at least 1 "
+                         f"(default {LEASE_S:.0f}); set a number or unset it")
+    return seconds
+
+
 def _busy(holder: str, store: ResultStore) -> GuardError:
     return GuardError(
         f"another orchestrator ({holder}) is running sweep {store.sweep!r} on {store.uri}; wait for it "
@@ -122,12 +141,14 @@ class SweepLock:
     A local folder: an OS lock file, which the OS releases when the process dies, even by SIGKILL,
     so a killed sweep never leaves a stale lock. S3: an `S3Lease` on `<sweep>/.lock`, which a killed
     driver's successor takes over once it has expired (within `lease_s` seconds). Other remote
-    filesystems have no primitive for it and are not locked.
+    filesystems have no primitive for it and are not locked. `lost` turns true when another
+    driver took over the lease (or it could not be renewed): this one then stops (`_lost_lease`).
     """
 
-    def __init__(self, store: ResultStore, *, lease_s: float = 60.0):
+    def __init__(self, store: ResultStore, *, lease_s: float = LEASE_S):
         self.store = store
         self.lease_s = lease_s
+        self.lost = False
         self._fd: int | None = None
         self._lease: S3Lease | None = None
 
@@ -135,7 +156,7 @@ class SweepLock:
         if isinstance(self.store.fs, pafs.S3FileSystem):
             from botocore.exceptions import BotoCoreError, ClientError
 
-            lease = S3Lease(S3Location.from_uri(self.store.uri).child(".lock"), self.lease_s)
+            lease = S3Lease(S3Location.from_uri(self.store.uri).child(".lock"), self.lease_s, on_lost=self._on_lost)
             try:
                 holder = lease.acquire()
             except (BotoCoreError, ClientError) as e:
@@ -158,6 +179,10 @@ class SweepLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         return self
+
+    def _on_lost(self, reason: str) -> None:
+        self.lost = True
+        _lost_lease(reason)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:

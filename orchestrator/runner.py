@@ -10,6 +10,7 @@ the device (`sparsity_core.capacity`). Progress lines go to the logger
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from .store import FINISHED, ResultStore, SweepWriter
 from .version import code_version
 
 __all__ = ["SweepSummary", "run_sweep", "connect", "describe", "StoreCallback", "trial_configs", "pack_trials",
-           "resumable_checkpoints", "mark_pareto_front"]
+           "resumable_checkpoints", "reuse_finished", "mark_pareto_front"]
 
 _log = logging.getLogger(__name__)
 
@@ -348,8 +349,9 @@ def _duration(seconds: float) -> str:
 @dataclass(frozen=True)
 class SweepSummary:
     total: int
-    skipped: int
+    skipped: int  # finished before this run, `reused` included
     statuses: dict[str, str]
+    reused: int = 0  # taken over from other sweeps under the same results root
 
     @property
     def failed(self) -> list[str]:
@@ -357,19 +359,26 @@ class SweepSummary:
 
     def lines(self) -> list[str]:
         counts = status_counts(self.statuses)
-        return [f"{self.total} trials: {self.skipped} already finished, "
+        reused = f" ({self.reused} reused from other sweeps)" if self.reused else ""
+        return [f"{self.total} trials: {self.skipped} already finished{reused}, "
                 + ", ".join(f"{n} {s}" for s, n in counts.items())]
 
 
 def connect(address: str | None) -> None:
-    """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets it), else start an embedded Ray."""
+    """Join `address` (or $RAY_ADDRESS, as `ray job submit` sets it), else start an embedded Ray.
+
+    Ray's own loggers log warnings and errors only, in this driver and in every worker of the job:
+    their INFO lines (a "Checkpoint successfully created" per checkpoint of every trial, forwarded
+    from the workers) would bury the progress lines. Workers' prints and errors still reach the
+    console (log_to_driver)."""
     if ray.is_initialized():
         return
+    quiet = ray.LoggingConfig(log_level="WARNING")
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=True)
+        ray.init(address=address or None, log_to_driver=True, logging_config=quiet)
     else:
         # "local": always a fresh embedded Ray, never a `ray start` cluster that happens to run here.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_config=quiet)
 
 
 @dataclass(frozen=True)
@@ -430,24 +439,44 @@ def _search_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dic
                  earlier=finished, finish=lambda: mark_pareto_front(store, optuna.objectives))
 
 
-def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_progress: bool = False) -> SweepSummary:
+def reuse_finished(sweep: Sweep, store: ResultStore, writer: SweepWriter) -> dict[str, str]:
+    """Copy into `store` each of a grid sweep's trials that has no finished result there but
+    finished in another sweep under the same results root; trial_id -> the sweep copied from."""
+    finished = {t for t, s in store.finished().items() if s in FINISHED}
+    sources = store.finished_elsewhere(t.trial_id for t in sweep.trials if t.trial_id not in finished)
+    for trial_id, source in sources.items():
+        writer.reuse(source, trial_id)
+    if sources:
+        by_sweep = collections.Counter(source.sweep for source in sources.values())
+        _log.info(f"reused {len(sources)} trials finished in other sweeps under the same results root, not "
+                  "trained again: " + ", ".join(f"{n} from {name!r}" for name, n in sorted(by_sweep.items())))
+    return {trial_id: source.sweep for trial_id, source in sources.items()}
+
+
+def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_progress: bool = False,
+              still_locked: Callable[[], bool] = lambda: True) -> SweepSummary:
     """Run a grid sweep's trials that have no finished result yet (all of them with `force`), or
-    the rest of an Optuna search (`optuna:` in the spec, from the sweep's one base trial)."""
+    the rest of an Optuna search (`optuna:` in the spec, from the sweep's one base trial).
+
+    A grid's trials finished in other sweeps under the same results root are reused (`--force`
+    trains them again). `still_locked` says whether this driver still holds the sweep's lock: once
+    it is lost, another driver may own the results and nothing sweep-wide is written."""
     spec = sweep.spec
+    writer = SweepWriter(store, code_version())
+    reused = {} if force or spec.optuna is not None else reuse_finished(sweep, store, writer)
     checkpoints = {} if force else resumable_checkpoints(store)  # an earlier, interrupted run's
     plan = (_grid_plan if spec.optuna is None else _search_plan)(sweep, store, force, checkpoints)
     for line in plan.lines:
         _log.info(line)
     skipped = plan.total - plan.todo
     if not plan.todo:
-        return SweepSummary(plan.total, skipped, {})
+        return SweepSummary(plan.total, skipped, {}, len(reused))
 
     store.remove_temporaries()
     resume_from = plan.resume(checkpoints)
     for name, value in _TUNE_ENV.items():
         os.environ.setdefault(name, value)
     configs = _Configs(sweep.trials)
-    writer = SweepWriter(store, code_version())
     scheduler = _scheduler(sweep, store, plan.earlier)
     stopped = scheduler.stopped if scheduler is not None else frozenset()
     callbacks: list[tune.Callback] = [StoreCallback(writer, configs, stopped),
@@ -490,8 +519,9 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
         # loggers are off) are noise next to our Parquet store.
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     tuner.fit()
-    plan.finish()
-    return SweepSummary(plan.total, skipped, dict(writer.statuses))
+    if still_locked():
+        plan.finish()
+    return SweepSummary(plan.total, skipped, dict(writer.statuses), len(reused))
 
 
 def _scheduler(sweep: Sweep, store: ResultStore, earlier: Iterable[str]) -> MultiObjectiveASHA | None:

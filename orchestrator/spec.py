@@ -114,7 +114,8 @@ class SweepSpec(BaseModel):
 @dataclass(frozen=True)
 class Sweep:
     """A sweep file as it runs: its validated spec and its trials, expanded once (variants x grid x
-    seeds in that order, duplicates dropped; an Optuna search's one fixed base)."""
+    seeds in that order, duplicates dropped; an Optuna search's one fixed base), their dataset roots
+    absolute."""
 
     spec: SweepSpec
     trials: tuple[TrialConfig, ...]
@@ -212,9 +213,15 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise SpecError(f"--set {assignment!r}: {e}") from None
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+def load_spec(path: str | Path, overrides: Iterable[str] = (), base: str | Path | None = None) -> Sweep:
     """The sweep file at `path` with `--set` overrides applied, validated and expanded into its
-    trials; every mistake, down to a single trial's setting, raises SpecError before anything runs."""
+    trials; every mistake, down to a single trial's setting, raises SpecError before anything runs.
+
+    A relative `dataset.root` (the shipped sweeps' `root: data`) is made absolute against `base`,
+    by default the working directory: the checkout a sweep is run from, the uploaded copy of
+    `ray job submit --working-dir .`, the image's /home/ray/app in the RayJob. Ray Tune runs each
+    trial in a folder of its own, on any node, where a relative root would mean something else.
+    """
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -227,7 +234,12 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _format_errors(source, e) from None
-    sweep = Sweep(spec, _expand(spec, source))
+    # Imported here: sparsity_core.data brings torch; the rest of this module needs the config only.
+    from sparsity_core.data import resolve_root
+
+    base = Path.cwd() if base is None else base
+    trials = _expand(spec, source)
+    sweep = Sweep(spec, tuple(t.model_copy(update={"dataset": resolve_root(t.dataset, base)}) for t in trials))
     try:
         sweep.judge()
     except ValueError as e:

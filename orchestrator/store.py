@@ -4,6 +4,8 @@ Layout under `<results>/<sweep>/` (a local folder or any URI pyarrow.fs understa
 `s3://bucket/prefix`, or `s3://bucket/prefix?endpoint_override=host:9000&scheme=http` for an
 S3-compatible server such as MinIO; credentials come from the usual AWS_* variables):
 - `trials/<trial_id>.parquet`: one row per finished trial (status ok / diverged / stopped / failed);
+  a trial another sweep under the same root already finished is copied from there, not trained
+  again, and its row names that sweep (`reused_from`);
 - `epochs/<trial_id>.parquet`: one row per epoch, rewritten as the trial runs;
 - `layers/<trial_id>.parquet`: per epoch and conv layer, filter counts dead by gamma / activation;
 - `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality on the epochs
@@ -23,6 +25,7 @@ import datetime as dt
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,8 @@ def _trials_schema() -> pa.Schema:
         pa.field("on_pareto_front", pa.bool_()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("code_version", pa.string()),
+        # the sweep that trained this trial, when this one took it over finished (null: trained here)
+        pa.field("reused_from", pa.string()),
         pa.field("error", pa.string()),
         pa.field("finished_at", pa.timestamp("s", tz="UTC")),
         pa.field("config_json", pa.string()),
@@ -113,6 +118,7 @@ class ResultStore:
         else:
             self.fs, base = pafs.LocalFileSystem(), str(Path(root).resolve())
             self.uri = str(Path(base) / sweep)
+        self.root = root  # as given: every sweep's store under it is `ResultStore(root, <sweep>)`
         self.path = f"{base.rstrip('/')}/{sweep}"  # in `fs`: no scheme, no query (`bucket/prefix/<sweep>`)
         self.sweep = sweep
 
@@ -157,6 +163,32 @@ class ResultStore:
             return {}
         table = pq.read_table(files, filesystem=self.fs, columns=["trial_id", "status"], schema=TABLES["trials"])
         return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
+
+    def finished_elsewhere(self, trial_ids: Iterable[str]) -> dict[str, ResultStore]:
+        """trial_id -> the store of another sweep under the same results root where that trial
+        finished (a COMPLETED status: trained to its end), for each of `trial_ids` finished anywhere. A sweep that
+        trained the trial is preferred to one that reused it, then sweeps in name order.
+
+        One listing of the root and one of each sweep's trials/ folder; only the matching trial
+        files are read."""
+        wanted = set(trial_ids)
+        root = self.path.rsplit("/", 1)[0]
+        listed = self.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        sweeps = sorted(i.base_name for i in listed if i.type == pafs.FileType.Directory and i.base_name != self.sweep)
+        found: dict[str, tuple[bool, ResultStore]] = {}  # trial_id -> (reused there, that sweep's store)
+        for sweep in sweeps:
+            other = ResultStore(self.root, sweep)
+            selector = pafs.FileSelector(f"{other.path}/trials", allow_not_found=True)
+            files = [i.path for i in self.fs.get_file_info(selector)
+                     if i.base_name.endswith(".parquet") and i.base_name.removesuffix(".parquet") in wanted]
+            if not files:
+                continue
+            table = pq.read_table(files, filesystem=self.fs, columns=["trial_id", "status", "reused_from"],
+                                  schema=TABLES["trials"])
+            for trial_id, status, origin in zip(*(table[c].to_pylist() for c in table.column_names)):
+                if status in COMPLETED and (trial_id not in found or (found[trial_id][0] and origin is None)):
+                    found[trial_id] = (origin is not None, other)
+        return {trial_id: store for trial_id, (_, store) in found.items()}
 
     def remove_temporaries(self) -> None:
         """Delete temp files a killed driver left behind (never read: they lack the .parquet suffix)."""
@@ -250,9 +282,27 @@ class SweepWriter:
             "on_pareto_front": None,
             "wall_time_s": run.wall_time_s,
             "code_version": self.version,
+            "reused_from": None,
             "error": failure or "",
             "finished_at": dt.datetime.now(dt.timezone.utc),
             "config_json": cfg.model_dump_json(),
         }])
         self.statuses[cfg.trial_id] = status
         return status
+
+    def reuse(self, source: ResultStore, trial_id: str) -> str:
+        """Take over a trial that finished in the sweep of `source` (under the same results root):
+        its rows copied here as they are, the trials row last (a copy cut short is made again),
+        saying where it was trained. Returns its status."""
+        for table in ROW_KEYS:
+            rows = source.read(table, trial_id)
+            if rows:
+                self.store.write(table, trial_id, rows)
+        (row,) = source.read("trials", trial_id)
+        self.store.write("trials", trial_id, [{
+            **row,
+            "sweep": self.store.sweep,
+            "reused_from": row["reused_from"] or source.sweep,
+            "on_pareto_front": None,  # judged among the other sweep's trials, not this one's
+        }])
+        return row["status"]

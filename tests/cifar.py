@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import pickle
 import struct
 import tarfile
@@ -18,7 +19,8 @@ import pytest
 import torch
 from torchvision import datasets
 
-__all__ = ["write_cifar10", "write_cifar100", "accept_checksums", "images", "cifar_release"]
+__all__ = ["write_cifar10", "write_cifar100", "accept_checksums", "accept_fixture_checksums", "FIXTURE_ENV",
+           "images", "cifar_release"]
 
 
 
@@ -93,18 +95,37 @@ def write_cifar100(root: Path, per_file: int = 10) -> dict[str, tuple[np.ndarray
     return written
 
 
+def _checksums(cls: type[datasets.CIFAR10], folder: Path) -> dict[str, Any]:
+    """torchvision's md5 table of `cls` (its class attributes by name) for the files under `folder`."""
+
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    return {
+        "train_list": [[name, md5(name)] for name, _ in cls.train_list],
+        "test_list": [[name, md5(name)] for name, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": md5(cls.meta["filename"])},
+    }
+
+
 def accept_checksums(
     monkeypatch: pytest.MonkeyPatch, cls: type[datasets.CIFAR10], folder: Path
 ) -> None:
     """Point torchvision's md5 table at the fixture's files: its integrity check still runs, now
     against what the fixture wrote instead of the official release."""
+    for name, value in _checksums(cls, folder).items():
+        monkeypatch.setattr(cls, name, value)
 
-    def md5(name: str) -> str:
-        return hashlib.md5((folder / name).read_bytes()).hexdigest()
 
-    monkeypatch.setattr(cls, "train_list", [[name, md5(name)] for name, _ in cls.train_list])
-    monkeypatch.setattr(cls, "test_list", [[name, md5(name)] for name, _ in cls.test_list])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
+FIXTURE_ENV = "FILTER_SPARSITY_TEST_CIFAR10"  # the root write_cifar10 wrote, for the hook below
+
+
+def accept_fixture_checksums() -> None:
+    """`accept_checksums` for CIFAR-10 in every worker of a Ray job, as its runtime env's
+    `worker_process_setup_hook` ("tests.cifar.accept_fixture_checksums"), the root in $FILTER_SPARSITY_TEST_CIFAR10."""
+    cls = datasets.CIFAR10
+    for name, value in _checksums(cls, Path(os.environ[FIXTURE_ENV]) / cls.base_folder).items():
+        setattr(cls, name, value)
 
 
 def images(data: np.ndarray) -> torch.Tensor:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
 
 
 def cli_env() -> dict[str, str]:
@@ -45,3 +51,49 @@ train: {epochs: 2, lr_steps: [1], batch_size: 64, optimizer: adam, reg: l2, stre
 device: cpu
 resources: {cpu: 1}
 """
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayNode:
+    """A `ray start --block` node of a test and its own temporary folder."""
+
+    process: subprocess.Popen
+    temp_dir: Path
+
+    def stop(self, keep_logs: Path | None = None) -> None:
+        """End the node's processes (by its own pid) and delete its folder, its logs copied to
+        `keep_logs` first if given."""
+        self.process.terminate()
+        self.process.wait(timeout=120)
+        if keep_logs is not None:
+            shutil.copytree(self.temp_dir / "session_latest" / "logs", keep_logs, dirs_exist_ok=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_ray_node(args: list[str], env: dict[str, str], log: Path) -> RayNode:
+    """`ray start --block ARGS`, once it is up. Its processes end when this one is terminated, so a
+    test stops its own nodes, not every Ray on the machine as `ray stop` would. It keeps its files
+    in a folder of its own, as on a machine of its own: the address file other tests' `ray.init()`
+    would read stays out of /tmp/ray, and each node unpacks a job's working dir into its own (a
+    shared one is unpacked again over a running driver). Its processes listen on free ports."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: socket paths must fit 107 bytes
+    ports = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    with log.open("w") as out:
+        process = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                                    "--object-store-memory=100000000", *(f"--{name}={free_port()}" for name in ports),
+                                    *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    node = RayNode(process, temp_dir)
+    deadline = time.monotonic() + 180
+    while "block forever" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            node.stop()
+            raise AssertionError(log.read_text())
+        time.sleep(0.5)
+    return node

@@ -13,7 +13,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from orchestrator.guard import RESULTS_ENV
+from orchestrator.guard import LEASE_ENV, RESULTS_ENV
+from orchestrator.run import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -118,3 +119,28 @@ def test_token_auth_on_every_ray_process():
     cluster = _cluster()
     assert "--env RAY_AUTH_MODE=token" in cluster["docker"]["run_options"]
     assert cluster["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+
+
+def _run_py_commands(text: str) -> list[str]:
+    """Each `python orchestrator/run.py ...` command written in `text` (a usage block's
+    continuation lines included), up to the end of its code span or block."""
+    return [m.group(0) for m in re.finditer(r"python orchestrator/run\.py[^`]*?(?=`|\n\S|\n\n|$)", text)]
+
+
+def test_docs_use_only_the_settings_the_code_reads():
+    """The environment variables the configs set and the CLI reads are in docs/cluster.md's table,
+    and every run.py flag the docs and the README write is one run.py takes."""
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    first_cells = re.findall(r"^\|([^|]+)\|", docs, flags=re.M)
+    table = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]+)[`=]", cell)}
+    manifests = {e["name"] for c in _rayjob_containers(_rayjob()).values() for e in c.get("env", [])}
+    manifests |= {o.split()[1].split("=")[0] for o in _cluster()["docker"]["run_options"] if o.startswith("--env ")}
+    assert manifests | {RESULTS_ENV, LEASE_ENV} <= table, sorted(manifests | {RESULTS_ENV, LEASE_ENV} - table)
+    assert RESULTS_ENV in readme
+
+    options = {o for action in _parser()._actions for o in action.option_strings}
+    commands = _run_py_commands(docs) + _run_py_commands(readme)
+    for command in commands:
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", command):
+            assert flag in options, f"{flag} in {command!r} is not a run.py option"

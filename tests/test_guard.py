@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.guard import RESULTS_ENV, GuardError, check_results_shared
+from orchestrator.guard import LEASE_ENV, LEASE_S, RESULTS_ENV, GuardError, check_results_shared, lease_seconds
 from orchestrator.store import ResultStore
 
 
@@ -22,3 +22,14 @@ def test_local_results_with_checkpoints_are_refused_on_several_nodes(tmp_path) -
     check_results_shared(local, nodes=3, checkpoint_every=25, shared=True)
     check_results_shared(ResultStore("s3://bucket/prefix?endpoint_override=127.0.0.1:1&scheme=http", "table1"),
                          nodes=3, checkpoint_every=25, shared=False)
+
+
+def test_lease_from_the_environment(monkeypatch) -> None:
+    monkeypatch.delenv(LEASE_ENV, raising=False)
+    assert lease_seconds() == LEASE_S
+    monkeypatch.setenv(LEASE_ENV, "4")
+    assert lease_seconds() == 4.0
+    for bad in ("soon", "0.5", "nan"):
+        monkeypatch.setenv(LEASE_ENV, bad)
+        with pytest.raises(GuardError, match=LEASE_ENV):
+            lease_seconds()

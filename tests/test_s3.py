@@ -18,9 +18,12 @@ import pytest
 
 from orchestrator import report, results
 from orchestrator.guard import GuardError, S3Lease, SweepLock
+from orchestrator.runner import reuse_finished
 from orchestrator.s3 import S3JournalBackend, S3Location
 from orchestrator.search import OptunaSpec, default_storage, make_searcher, open_storage, trials_left
-from orchestrator.store import ResultStore
+from orchestrator.spec import load_spec
+from orchestrator.store import TABLES, ResultStore, SweepWriter
+from sparsity_core import train
 
 from .integration import ROOT, TINY, cli_env, run_cli, write_sweep
 from .rows import row
@@ -161,9 +164,14 @@ HOLDER = """
 import sys, time
 from orchestrator.guard import SweepLock
 from orchestrator.store import ResultStore
-with SweepLock(ResultStore(sys.argv[1], "sweep"), lease_s=float(sys.argv[2])):
-    print("locked", flush=True)
-    time.sleep(600)
+lock = SweepLock(ResultStore(sys.argv[1], "sweep"), lease_s=float(sys.argv[2]))
+try:
+    with lock:
+        print("locked", flush=True)
+        time.sleep(600)
+except KeyboardInterrupt:  # how a driver that lost its lease is stopped
+    print("lost" if lock.lost else "interrupted", flush=True)
+    sys.exit(1)
 """
 LEASE_S = 3.0  # renewed every second; short, so takeovers in the test take seconds
 
@@ -207,6 +215,7 @@ def test_s3_lock_keeps_drivers_apart_and_a_dead_ones_lease_is_taken_over(endpoin
             alive.send_signal(signal.SIGCONT)
             assert alive.wait(timeout=30) != 0
             assert "another orchestrator took over the lock" in alive.stderr.read()
+            assert alive.stdout.read() == "lost\n"  # so the runner writes nothing sweep-wide
             assert _lock_body(store)["holder"] == me
     finally:
         alive.kill()
@@ -274,3 +283,31 @@ def test_report_of_a_missing_sweep_on_s3_is_bad_input(endpoint, aws_env, capsys)
     assert report.main([f"s3://{BUCKET}/nowhere/sweep?endpoint_override={endpoint}&scheme=http"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such results folder" in err and err.count("\n") == 1
+
+
+# --- a trial finished in one sweep is reused by another under the same S3 root --------------------
+
+
+def test_a_finished_trial_is_reused_across_sweeps_on_s3(endpoint, aws_env, tmp_path, tiny):
+    root = f"s3://{BUCKET}/reuse?endpoint_override={endpoint}&scheme=http"
+    shared, other = (tiny(optimizer=o, reg="l2", strength=1e-3) for o in ("adam", "sgd"))  # TINY's trials
+    first = SweepWriter(ResultStore(root, "a"), "v1")
+    train(shared, lambda metrics, state: first.add(shared, metrics.to_record()))
+    first.finish(shared)
+
+    sweep = load_spec(write_sweep(tmp_path, TINY + "grid: {optimizer: [adam, sgd]}\n", name="b"))
+    assert {t.trial_id for t in sweep.trials} == {shared.trial_id, other.trial_id}
+    store = ResultStore(root, "b")
+    assert reuse_finished(sweep, store, SweepWriter(store, "v2")) == {shared.trial_id: "a"}
+    assert store.finished() == {shared.trial_id: "ok"}  # the other trial is left to train
+    for table in TABLES:
+        copied, original = store.read(table, shared.trial_id), first.store.read(table, shared.trial_id)
+        assert copied, table
+        if table == "trials":
+            assert (copied[0]["sweep"], copied[0]["reused_from"], copied[0]["code_version"]) == ("b", "a", "v1")
+            copied = [{**r, "sweep": "a", "reused_from": None} for r in copied]
+        assert copied == original, table
+    # Again: nothing left to copy; a third sweep names the sweep that trained it.
+    assert reuse_finished(sweep, store, SweepWriter(store, "v2")) == {}
+    third = ResultStore(root, "c")
+    assert reuse_finished(sweep, third, SweepWriter(third, "v3")) == {shared.trial_id: "a"}

@@ -195,3 +195,18 @@ def test_a_trial_goes_to_tune_and_back_validated_once_per_process(tmp_path):
     assert list(kept) == [worker.trial_id] and configs.of(sampled) is kept
     pack = Trial("fn", config={"trials": [_member(t) for t in sweep.trials]}, stub=True)
     assert configs.name(pack) == f"{sweep.trials[0].trial_id}-pack2"
+
+
+def test_relative_dataset_roots_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    """A trial runs in a folder of Tune's, on any node: its root is made absolute once, where the
+    sweep is read. The shipped sweeps' `root: data` is the data/ folder of the checkout they run from."""
+    monkeypatch.chdir(tmp_path)
+    table1 = load_spec(ROOT / "sweeps" / "table1.yaml")
+    assert {t.dataset.root for t in table1.trials} == {str(tmp_path / "data")}
+    moved = load_spec(ROOT / "sweeps" / "table1.yaml", ["dataset.root=~/cifar"], base="/elsewhere")
+    assert {t.dataset.root for t in moved.trials} == {str(Path("~/cifar").expanduser())}
+    elsewhere = load_spec(ROOT / "sweeps" / "table1.yaml", base="/mnt/job")
+    assert {t.dataset.root for t in elsewhere.trials} == {"/mnt/job/data"}
+    # Where the data lives is not part of a trial's id: the same trials, found again from anywhere.
+    assert [t.trial_id for t in elsewhere.trials] == [t.trial_id for t in table1.trials]
+    assert load_spec(ROOT / "sweeps" / "quick.yaml").trials[0].dataset.root is None

@@ -138,3 +138,28 @@ def test_results_of_version_0_1_0_stay_readable(tmp_path):
         assert all(r["diverged"] is None and r["test_err"] is not None for r in epochs)
         trial = store.read("trials", trial_id)[0]
         assert trial["code_version"].startswith("0.1.0") and trial["strength"] is not None
+
+
+def test_another_sweep_takes_over_finished_trials_of_version_0_1_0(tmp_path):
+    """Reuse across sweeps reads the trials of an earlier version, which had no `reused_from`
+    column (null: trained there), and copies every row of each into the new sweep."""
+    shutil.copytree(FIXTURE, tmp_path, dirs_exist_ok=True)
+    quick = ResultStore(str(tmp_path), "quick")
+    ids = sorted(quick.finished())
+    new = ResultStore(str(tmp_path), "new")
+    sources = new.finished_elsewhere([*ids[:2], "f" * 12])
+    assert {i: s.sweep for i, s in sources.items()} == dict.fromkeys(ids[:2], "quick")
+    writer = SweepWriter(new, "unused")
+    for trial_id, source in sources.items():
+        assert writer.reuse(source, trial_id) == "ok"
+    assert new.finished() == dict.fromkeys(ids[:2], "ok")
+    for trial_id in ids[:2]:
+        for table in TABLES:
+            copied, original = new.read(table, trial_id), quick.read(table, trial_id)
+            if table == "trials":
+                assert copied[0]["sweep"] == "new" and copied[0]["reused_from"] == "quick"
+                copied = [{**r, "sweep": "quick", "reused_from": None} for r in copied]
+            assert copied == original, table
+    # A third sweep prefers the sweep that trained a trial ("quick") to one that reused it ("new").
+    third = ResultStore(str(tmp_path), "third").finished_elsewhere(ids)
+    assert {i: s.sweep for i, s in third.items()} == dict.fromkeys(ids, "quick")
