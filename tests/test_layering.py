@@ -8,30 +8,32 @@ import pytest
 import sparsity_core
 
 
+def _run_python(code: str) -> None:
+    """Run `code` in a fresh interpreter (nothing imported yet); it exits non-zero to fail."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_sparsity_core_imports_no_orchestration_libraries():
-    code = (
+    _run_python(
         "import sys, sparsity_core, sparsity_core.loop; "
         "bad = [m for m in ('ray', 'optuna', 'polars', 'plotly', 'pyarrow', 'pandas') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_the_report_imports_neither_optuna_nor_ray_nor_torch():
     # torch only for the low-gradient simulation, when its cache misses (report.lowgrad_data)
-    code = (
+    _run_python(
         "import sys, orchestrator.report; "
         "bad = [m for m in ('ray', 'optuna', 'torch') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_sparsity_core_module_imports_alone():
     # Each module imported first into a fresh, empty package (its __init__ not run): an import cycle
     # cannot hide behind the order in which __init__ happens to import the modules.
-    code = (
+    _run_python(
         "import importlib, pkgutil, sys, types\n"
         "import sparsity_core\n"
         "path = list(sparsity_core.__path__)\n"
@@ -43,20 +45,16 @@ def test_every_sparsity_core_module_imports_alone():
         "    sys.modules['sparsity_core'] = package\n"
         "    importlib.import_module('sparsity_core.' + info.name)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_importing_the_runner_changes_no_environment_variable():
     # The libraries first: some set variables of their own on import (ray, polars, torch._dynamo).
-    code = (
+    _run_python(
         "import os, sys, polars, pyarrow, optuna, ray, ray.tune, sparsity_core; "
         "before = dict(os.environ); import orchestrator.runner, orchestrator.run; "
         "changed = sorted(k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)); "
         "print(changed); sys.exit(1 if changed else 0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _imports_sparsity_core(node: ast.AST) -> bool:
