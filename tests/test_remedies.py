@@ -20,7 +20,7 @@ from sparsity_core.remedies import (
     PsbnRemedy,
     ReviveRemedy,
     ShiftCompensatedBN,
-    build_remedy,
+    configured,
     revive_dead_filters,
 )
 
@@ -58,17 +58,27 @@ def test_a_remedy_packs_when_it_only_configures_the_trial():
 
 def test_leaky_relu_keeps_the_configured_slope():
     cfg = TrialConfig.model_validate({"model": {"negative_slope": 0.2}, "train": {"remedy": "leaky_relu"}})
-    run = build_remedy(cfg).configure(cfg)
+    run = cfg.as_trained()
     assert run.model.activation == "leaky_relu" and run.model.negative_slope == 0.2
     assert run.train == cfg.train and run.dataset == cfg.dataset
     assert cfg.model.activation == "relu"  # the original is untouched
+    assert configured(cfg)[1] == run
 
 
 def test_gamma_lr_scale_is_the_papers_unless_set():
     cfg = TrialConfig.model_validate({"train": {"remedy": "gamma_lr_scale"}})
-    assert build_remedy(cfg).configure(cfg).train.gamma_lr_scale == 0.1
+    assert cfg.as_trained().train.gamma_lr_scale == 0.1
+    assert cfg.as_trained().trial_id != cfg.trial_id  # a row keeps the asked config's id beside these settings
     own = TrialConfig.model_validate({"train": {"remedy": "gamma_lr_scale", "gamma_lr_scale": 0.5}})
-    assert build_remedy(own).configure(own).train.gamma_lr_scale == 0.5
+    assert own.as_trained().train.gamma_lr_scale == 0.5
+
+
+def test_the_remedies_that_only_set_settings_are_declared_with_the_config():
+    from sparsity_core.config import MODEL_REMEDIES, REMEDY_SETTINGS
+
+    cfg = TrialConfig()
+    assert {name for name, build in REMEDIES.items() if build(cfg).only_configures()} == {"none", *REMEDY_SETTINGS}
+    assert set(MODEL_REMEDIES) == set(REMEDIES) - {"none", *REMEDY_SETTINGS}
 
 
 # --- revive -------------------------------------------------------------------------------------
