@@ -114,8 +114,8 @@ def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecEr
             msg = f"unknown key{did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            key = key or "(top level)"
-        lines.append(f"{source}: {where}{key}: {msg}")
+        # A check across sections (a trial's, or the sweep's own) has no key: its message names them.
+        lines.append(f"{source}: {where}{key + ': ' if key else ''}{msg}")
     return SpecError("\n".join(lines))
 
 
