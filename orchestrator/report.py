@@ -250,8 +250,8 @@ def _claims_method() -> list[str]:
         "How to read it:",
         "",
         "- A claim is tested by comparisons between configurations that differ only in the settings the claim "
-        "varies. Each gives both sides (the total % of filters dead by gamma at the last epoch: mean ± std over "
-        "seeds, n seeds), the effect (left minus right, in points) with its "
+        "varies. Each gives both sides (the total % of filters dead by gamma at the last epoch, claim 10 the % of "
+        "FLOPs removed: mean ± std over seeds, n seeds), the effect (left minus right, in points) with its "
         f"{stats.CONFIDENCE:.0%} confidence interval (two-sided), and a status: **holds** when the whole "
         "interval clears the claim's threshold, **fails** when none of it does (the data contradict the claim "
         "beyond noise), **inconclusive** when it straddles the threshold or no interval can be formed.",
@@ -263,7 +263,10 @@ def _claims_method() -> list[str]:
         "Claim 8's change in test error has no prior: with one seed it is inconclusive.",
         f"- Thresholds, from the paper's numbers: far more = more than {claims.FAR_MORE:g}x (claim 1); much "
         f"fewer = under {claims.MUCH_LESS:g}x (claim 4); slightly = by at most {claims.SLIGHTLY:.0%} (claims 5 "
-        f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); more, "
+        f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); claim 10 "
+        f"compares % of FLOPs removed at matched test error (an explicit configuration within "
+        f"{claims.MATCHED_ERR:g} points of the implicit one's error), far more = over {claims.FAR_MORE:g}x, "
+        f"about as much = at most {claims.COMPARABLE:g} points fewer; more, "
         "fewer, raises, lowers = the direction alone (threshold 0). Each *test* is a contrast that must be "
         "above 0 (far more: adam - 2 x sgd > 0); *tested* gives its value and interval, the effect itself when "
         "no side is scaled. \"Only slightly\" adds a second contrast, the bound on the change's size (after the "

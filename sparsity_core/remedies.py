@@ -168,8 +168,9 @@ class ReviveRemedy(Remedy):
     ) -> dict[str, int] | None:
         if not _acts(epoch, self.every, self.last):
             return None
-        masks = {name: mask.cpu() for name, mask in
-                 _revive(model, optimizer, self.gamma_init, self.beta_init, GAMMA_THRESHOLD).items()}
+        revived = _revive(model, optimizer, self.gamma_init, self.beta_init, GAMMA_THRESHOLD)
+        flat = torch.cat(list(revived.values())).cpu()  # one device sync
+        masks = dict(zip(revived, flat.split([mask.numel() for mask in revived.values()]), strict=True))
         for name, mask in masks.items():
             self.revived[name] = self.revived[name] | mask if name in self.revived else mask
         return {name: int(mask.sum()) for name, mask in masks.items()}

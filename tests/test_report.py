@@ -261,3 +261,18 @@ def test_unreadable_uri_is_bad_input(capsys) -> None:
 def test_out_must_be_local(sweep_dir: Path, capsys) -> None:
     assert report.main([str(sweep_dir), "--out", "s3://bucket/report"]) == 2
     assert "local folder" in capsys.readouterr().err
+
+
+def test_remedies_show_revived_alive_and_recovered_side_by_side() -> None:
+    from .planted import frame, trial_row
+
+    rows = [trial_row(remedy=remedy, seed=seed, test_err=2.0, dead_gamma_pct=5.0, remedied=counts[0],
+                      remedied_alive=counts[1], recovered=counts[2])
+            for remedy, counts in (("psbn", (6, 5, 0)), ("revive", (8, 8, 7))) for seed in (0, 1)]
+    rows.append(trial_row(remedy="none", test_err=2.0, dead_gamma_pct=9.0))
+    table = report.results_markdown(results.aggregate(frame(rows, "trials"), frame([], "layers")))
+    assert {"revived/shifted", "of those alive (thresholds)", "of those recovered (function)"} <= set(table.columns)
+    psbn = table.filter(pl.col("remedy") == "psbn").row(0, named=True)
+    assert (psbn["revived/shifted"], psbn["of those alive (thresholds)"], psbn["of those recovered (function)"]) \
+        == ("6.0 ± 0.0", "5.0 ± 0.0", "0.0 ± 0.0")
+    assert table.filter(pl.col("remedy") == "none")["revived/shifted"].to_list() == [None]
