@@ -2,8 +2,9 @@
 
 The profile is supplementary Table 1's row for Adam, L2 1e-3, CIFAR-10 (percent of C1..C7 filters
 dead). Width-1 BasicNet, 3x32x32 inputs, 10 classes; the first filters of each layer removed with
-`remove_filters` (which ones does not matter for timing: the net is untrained and only the shapes count). Eval mode, inference
-mode, `--warmup` untimed forwards then the median of `--repeats` timed ones, at batch 1 and 256.
+`remove_filters` (which ones does not matter for timing: the net is untrained and only the shapes
+count). Eval mode, inference mode, `--warmup` untimed forwards then the median of `--repeats` timed
+ones, at batch 1 and 256.
 Prints one JSON line. The CPU default takes about a minute on 2 cores.
 
     python benchmarks/pruned_speedup.py [--device cuda] [--profile-csv PATH]

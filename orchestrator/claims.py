@@ -441,9 +441,11 @@ def claim10_explicit_pruning(ev: Evidence) -> Outcome:
                 continue
             left, right = _sample(a, "flops_pruned_pct"), _sample(b, "flops_pruned_pct")
             if method == "l1norm":  # far more: a factor
-                tested, test, threshold = difference(left, right, FAR_MORE), f"implicit - {FAR_MORE:g} x l1norm > 0", 0.0
+                tested, threshold = difference(left, right, FAR_MORE), 0.0
+                test = f"implicit - {FAR_MORE:g} x l1norm > 0"
             else:  # at par or better: a margin
-                tested, test, threshold = difference(left, right), f"implicit - slimming > -{COMPARABLE:g}", -COMPARABLE
+                tested, threshold = difference(left, right), -COMPARABLE
+                test = f"implicit - slimming > -{COMPARABLE:g}"
             errors = (_sample(a, "pruned_test_err").mean, _sample(b, "pruned_test_err").mean)
             comparisons.append(Comparison(
                 f"{a['config']} (err {errors[0]:.2f}%) vs {method} {b['config']} (err {errors[1]:.2f}%): {word}",
