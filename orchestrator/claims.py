@@ -23,7 +23,8 @@ from .results import CONFIG_COLUMNS, NETWORK_SETTINGS, format_setting, varying_s
 from .stats import SEED_SPREAD, Interval, Sample, Status, above, difference, mean_of, within
 
 __all__ = [
-    "Verdict", "RULE", "SPARSITY", "Side", "Comparison", "Outcome", "Evidence", "Claim", "CLAIMS", "configurations", "pairs",
+    "Verdict", "RULE", "SPARSITY", "Side", "Comparison", "Outcome", "Evidence", "Claim", "CLAIMS", "implicit_trials",
+    "configurations", "pairs",
     "check_claims", "claims_table", "FAR_MORE", "MUCH_LESS", "SLIGHTLY", "UNCHANGED", "SIMILAR_STRENGTH",
     "SETTLED", "LOW_STRENGTH", "SGD_KEEPS", "lowgrad_decay", "MATCHED_ERR", "COMPARABLE", "EXPLICIT",
 ]
@@ -107,6 +108,12 @@ class Claim:
 
 
 # --- configurations and pairs ---------------------------------------------------------------------
+
+
+def implicit_trials(trials: pl.DataFrame) -> pl.DataFrame:
+    """The trials whose last epoch measured a trained network (prune.method none): an explicit
+    pruning pipeline's measures the network it pruned and fine-tuned."""
+    return trials.filter(pl.col("method") == "none") if "method" in trials.columns else trials
 
 
 def configurations(trials: pl.DataFrame, metrics: Sequence[str] = _METRICS) -> pl.DataFrame:
@@ -602,8 +609,7 @@ def check_claims(trials: pl.DataFrame, lowgrad: pl.DataFrame | None = None) -> p
 
     `trials`: per-seed rows as `results.per_trial` gives them; `lowgrad`: the low-gradient
     simulation (`figures.lowgrad_frame`), or None (claim 9 is then not testable)."""
-    implicit = trials.filter(pl.col("method") == "none") if "method" in trials.columns else trials
-    evidence = Evidence(configurations(implicit), lowgrad, configurations(trials))
+    evidence = Evidence(configurations(implicit_trials(trials)), lowgrad, configurations(trials))
     rows = []
     for claim in CLAIMS:
         outcome = claim.check(evidence)

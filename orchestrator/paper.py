@@ -19,7 +19,7 @@ import polars as pl
 
 from sparsity_core.config import PAPER_LRS, REMEDY_SETTINGS
 
-from .claims import configurations, pairs
+from .claims import configurations, implicit_trials, pairs
 from .results import CONFIG_COLUMNS, METRICS, format_setting
 from .stats import SEED_SPREAD, Sample, difference, direction
 
@@ -182,7 +182,7 @@ def paper_effects(trials: pl.DataFrame, reference: pl.DataFrame,
     the paper's effect (from its table's averages), and whether their directions agree (`same`,
     `opposite`, `undecided` when our interval straddles 0 or the paper shows no change). Directions
     only: the effects' sizes are not comparable across setups."""
-    configs = configurations(trials, metrics)
+    configs = configurations(implicit_trials(trials), metrics)
     ref_rows = reference.to_dicts()
     order = {row["config"]: i for i, row in enumerate(configs.to_dicts())}
     rows = []
