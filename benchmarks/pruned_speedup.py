@@ -1,9 +1,10 @@
 """Inference latency of BasicNet pruned to the paper's layer-wise dead-filter profile vs the full net.
 
 The profile is supplementary Table 1's row for Adam, L2 1e-3, CIFAR-10 (percent of C1..C7 filters
-dead). Width-1 BasicNet, 3x32x32 inputs, 10 classes; filters removed with `l1_norm_prune` (which ones
-does not matter for timing: the net is untrained and only the shapes count). Eval mode, inference
-mode, `--warmup` untimed forwards then the median of `--repeats` timed ones, at batch 1 and 256.
+dead). Width-1 BasicNet, 3x32x32 inputs, 10 classes; the first filters of each layer removed with
+`remove_filters` (which ones does not matter for timing: the net is untrained and only the shapes
+count). Eval mode, inference mode, `--warmup` untimed forwards then the median of `--repeats` timed
+ones, at batch 1 and 256.
 Prints one JSON line. The CPU default takes about a minute on 2 cores.
 
     python benchmarks/pruned_speedup.py [--device cuda] [--profile-csv PATH]
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from sparsity_core.models import BasicNet, conv_blocks
-from sparsity_core.prune import conv_weight_count, count_flops, inference_latency, l1_norm_prune
+from sparsity_core.prune import conv_weight_count, count_flops, inference_latency, remove_filters
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_CSVS = (ROOT / "orchestrator/reference/supp_table1_cifar10.csv",
@@ -63,7 +64,9 @@ def main() -> None:
     full = BasicNet(num_classes=NUM_CLASSES, in_channels=INPUT_SHAPE[0]).to(device).eval()
     csv_path = args.profile_csv or default_profile_csv()
     profile = load_profile(csv_path, [name for name, _ in conv_blocks(full)])
-    pruned = l1_norm_prune(full, profile)
+    sizes = {name: block.bn.num_features for name, block in conv_blocks(full)}
+    pruned = remove_filters(full, {name: torch.arange(n) >= min(round(profile[name] * n), n - 1)
+                                   for name, n in sizes.items()})
     one = torch.randn(1, *INPUT_SHAPE, device=device)
     latency = {
         str(b): {name: round(measure(net, b, device, args.warmup, args.repeats), 3)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.store import ResultStore
+from orchestrator.store import TABLES, ResultStore
 from sparsity_core.config import TrialConfig
 
 SWEEP = "scale"
@@ -76,6 +76,11 @@ def trial_config(i: int, epochs: int) -> TrialConfig:
     })
 
 
+def _empty(table: str) -> dict[str, None]:
+    """Every column of `table` as None: the store takes whole rows only; a row sets what it has."""
+    return dict.fromkeys(TABLES[table].names)
+
+
 def write_trial(store: ResultStore, i: int, epochs: int) -> None:
     cfg = trial_config(i, epochs)
     tid, t = cfg.trial_id, cfg.train
@@ -94,16 +99,16 @@ def write_trial(store: ResultStore, i: int, epochs: int) -> None:
     lr = np.where(e > t.lr_steps[0], 1e-4, 1e-3)
 
     store.write("epochs", tid, [
-        {"trial_id": tid, "epoch": ep, "lr": r, "train_loss": tl, "test_loss": tl * 1.5, "test_err": te,
-         "dead_gamma_pct": 100.0 * d / n_total,
+        {**_empty("epochs"), "trial_id": tid, "epoch": ep, "lr": r, "train_loss": tl, "test_loss": tl * 1.5,
+         "test_err": te, "dead_gamma_pct": 100.0 * d / n_total,
          "dead_act_pct": 100.0 * int(dead_act.sum()) / n_total if ep == epochs else None}
         for ep, r, tl, te, d in zip(e.tolist(), lr.tolist(), train_loss.tolist(), test_err.tolist(),
                                     dead.sum(axis=1).tolist())
     ])
     names = list(LAYERS)
     store.write("layers", tid, [
-        {"trial_id": tid, "epoch": ep, "layer": name, "n_filters": n, "dead_gamma": d,
-         "dead_act": int(dead_act[j]) if ep == epochs else None, "revived": None}
+        {**_empty("layers"), "trial_id": tid, "epoch": ep, "layer": name, "n_filters": n, "dead_gamma": d,
+         "dead_act": int(dead_act[j]) if ep == epochs else None}
         for ep, row in zip(e.tolist(), dead.tolist()) for j, (name, n, d) in enumerate(zip(names, sizes.tolist(), row))
     ])
     filters: list[dict[str, Any]] = []
@@ -118,20 +123,21 @@ def write_trial(store: ResultStore, i: int, epochs: int) -> None:
             universality = np.where(is_dead, 0.0, rng.beta(2.0, 3.0, n_total)).tolist()
         else:
             max_act = universality = [None] * n_total
-        filters += [{"trial_id": tid, "epoch": snap, "layer": name, "filter": f, "gamma": g, "beta": b,
-                     "max_act": m, "universality": u}
+        filters += [{**_empty("filters"), "trial_id": tid, "epoch": snap, "layer": name, "filter": f, "gamma": g,
+                     "beta": b, "max_act": m, "universality": u}
                     for name, f, g, b, m, u in zip(layer_of, index, gamma, beta, max_act, universality)]
     store.write("filters", tid, filters)
     dead_pct = 100.0 * int(dead[-1].sum()) / n_total
     store.write("trials", tid, [{
+        **_empty("trials"),
         "trial_id": tid, "sweep": SWEEP, "status": "ok", **cfg.flat(), "epochs_run": epochs,
         "train_loss": float(train_loss[-1]), "test_loss": float(train_loss[-1] * 1.5),
         "test_err": float(test_err[-1]), "dead_gamma_pct": dead_pct,
         "dead_act_pct": 100.0 * int(dead_act.sum()) / n_total,
         "pruned_test_err": float(test_err[-1]), "conv_params_pruned_pct": dead_pct * 1.2,
-        "flops_pruned_pct": dead_pct * 0.9, "pruned_speedup": 1 + dead_pct / 30,
-        "l1norm_pruned_test_err": float(test_err[-1]) + dead_pct / 4,
-        "slim_pruned_test_err": float(test_err[-1]) + dead_pct / 8,
+        "flops_pruned_pct": dead_pct * 0.9, "pruned_speedup": 1 + dead_pct / 30, "pruned_by": "dead_gamma",
+        "filters_removed_pct": dead_pct, "trained_test_err": float(test_err[-1]),
+        "unfinetuned_test_err": float(test_err[-1]), "finetuned": False,
         "wall_time_s": 3600.0, "code_version": "0.1.0+synthetic", "error": "",
         "finished_at": datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc),
         "config_json": cfg.model_dump_json(),

@@ -17,13 +17,16 @@ from typing import Any, Literal
 
 import polars as pl
 
-from .results import CONFIG_COLUMNS, format_setting, varying_settings
+from sparsity_core.config import REMEDY_SETTINGS
+
+from .results import CONFIG_COLUMNS, NETWORK_SETTINGS, format_setting, implicit_trials, varying_settings
 from .stats import SEED_SPREAD, Interval, Sample, Status, above, difference, mean_of, within
 
 __all__ = [
-    "Verdict", "RULE", "SPARSITY", "Side", "Comparison", "Outcome", "Evidence", "Claim", "CLAIMS", "configurations", "pairs",
+    "Verdict", "RULE", "SPARSITY", "Side", "Comparison", "Outcome", "Evidence", "Claim", "CLAIMS",
+    "configurations", "pairs",
     "check_claims", "claims_table", "FAR_MORE", "MUCH_LESS", "SLIGHTLY", "UNCHANGED", "SIMILAR_STRENGTH",
-    "SETTLED", "LOW_STRENGTH", "SGD_KEEPS", "lowgrad_decay",
+    "SETTLED", "LOW_STRENGTH", "SGD_KEEPS", "lowgrad_decay", "MATCHED_ERR", "COMPARABLE", "EXPLICIT",
 ]
 
 Verdict = Literal["holds", "fails", "mixed", "inconclusive", "not testable"]
@@ -33,7 +36,7 @@ RULE = ("A claim **holds** when every comparison it counts holds; **fails** when
         "testable** when the data hold no comparison for it. The comparisons that do not hold are named.")
 
 SPARSITY = "dead_gamma_pct"  # the claims' measure: total % of filters dead by gamma at the last epoch
-_METRICS = (SPARSITY, "test_err", "pruned_test_err", "conv_params_pruned_pct")
+_METRICS = (SPARSITY, "test_err", "pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct")
 
 # Thresholds, from the paper's own numbers (each claim's `test` says which).
 FAR_MORE = 2.0  # claim 1: Adam > 2 x SGD (the paper: 83% vs 27%, 3.1x)
@@ -86,10 +89,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the claims are checked on: `configurations(...)` and the low-gradient simulation."""
+    """What the claims are checked on: `configs`, the `configurations(...)` whose dead filters were
+    removed (prune.method none: claims 1-8 are about implicit sparsity), `pruning`, every
+    configuration with its pruning (claim 10), and the low-gradient simulation."""
 
     configs: pl.DataFrame
     lowgrad: pl.DataFrame | None = None
+    pruning: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,17 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _setting(column: str, value: Any) -> Any:
+    """A setting as configurations are paired on it. A remedy that only sets settings
+    (REMEDY_SETTINGS) trained exactly what its row's settings say, so it pairs as no remedy:
+    `remedy: leaky_relu` (activation leaky_relu) against ReLU is claim 5's comparison."""
+    if column == "remedy" and value in REMEDY_SETTINGS:
+        return "none"
+    return _hashable(value)
+
+
 def _key(row: dict, free: Sequence[str]) -> tuple:
-    return tuple(_hashable(row[c]) for c in CONFIG_COLUMNS if c not in free)
+    return tuple(_setting(c, row[c]) for c in CONFIG_COLUMNS if c not in free)
 
 
 def pairs(configs: pl.DataFrame, free: Sequence[str], left: pl.Expr, right: pl.Expr) -> list[tuple[dict, dict]]:
@@ -392,9 +407,63 @@ def claim9_low_gradient(ev: Evidence) -> Outcome:
 # --- claim 10 --------------------------------------------------------------------------------------
 
 
+MATCHED_ERR = 0.5  # points of % test error: an explicit point matches when its error is at most this much higher
+COMPARABLE = 10.0  # points of % FLOPs removed: "comparable to slimming" = implicit at least slimming's minus this
+# The explicit methods claim 10 compares with, and what it says of each
+EXPLICIT = {"l1norm": "far more", "slimming": "at par or better"}
+
+
+def _matched(implicit: dict, explicit: list[dict]) -> dict | None:
+    """The explicit configuration that removes the most FLOPs (mean over seeds) among those whose mean
+    pruned test error is at most MATCHED_ERR above the implicit one's; None when none is."""
+    budget = _sample(implicit, "pruned_test_err").mean + MATCHED_ERR
+    within_budget = [b for b in explicit if (err := _sample(b, "pruned_test_err").mean) is not None and err <= budget]
+    return max(within_budget, key=lambda b: _sample(b, "flops_pruned_pct").mean or 0.0, default=None)
+
+
 def claim10_explicit_pruning(ev: Evidence) -> Outcome:
-    return Outcome(untestable="not testable yet: needs the explicit pruning pipelines (L1-norm filter pruning with "
-                              "retraining, Li et al. 2017; network slimming, Liu et al. 2017) on VGG-16 / VGG-11")
+    """Per implicit configuration with dead filters removed and per explicit method on the same network
+    and data: its FLOPs removed against the method's best at matched test error."""
+    configs = ev.pruning
+    if configs is None or configs.is_empty() or "method" not in configs.columns:
+        return Outcome(untestable="no pruning measured")
+    network = [c for c in NETWORK_SETTINGS if c in configs.columns]
+    rows = [r for r in configs.to_dicts() if _sample(r, "flops_pruned_pct").n and _sample(r, "pruned_test_err").n]
+    implicit = [r for r in rows if r["method"] == "none" and (_sample(r, "flops_pruned_pct").mean or 0.0) > 0]
+    comparisons, unmatched = [], []
+    for a in implicit:
+        for method, word in EXPLICIT.items():
+            same = [b for b in rows if b["method"] == method and all(b[c] == a[c] for c in network)]
+            if not same:
+                continue
+            b = _matched(a, same)
+            if b is None:
+                unmatched.append(f"{method} at {a['config']}")
+                continue
+            left, right = _sample(a, "flops_pruned_pct"), _sample(b, "flops_pruned_pct")
+            if method == "l1norm":  # far more: a factor
+                tested, threshold = difference(left, right, FAR_MORE), 0.0
+                test = f"implicit - {FAR_MORE:g} x l1norm > 0"
+            else:  # at par or better: a margin
+                tested, threshold = difference(left, right), -COMPARABLE
+                test = f"implicit - slimming > -{COMPARABLE:g}"
+            errors = (_sample(a, "pruned_test_err").mean, _sample(b, "pruned_test_err").mean)
+            comparisons.append(Comparison(
+                f"{a['config']} (err {errors[0]:.2f}%) vs {method} {b['config']} (err {errors[1]:.2f}%): {word}",
+                _side(a["config"], left), _side(b["config"], right), difference(left, right), test, tested,
+                above(tested, threshold)))
+    note = (f"{len(implicit)} implicit configuration(s) with dead filters removed"
+            + (f"; no explicit configuration within {MATCHED_ERR:g} points of the error: {'; '.join(unmatched)}"
+               if unmatched else ""))
+    if comparisons:
+        return Outcome(comparisons, note)
+    if not implicit:
+        needs = "trials with prune.method none that removed dead filters"
+    elif unmatched:
+        needs = f"explicit configurations within {MATCHED_ERR:g} points of the implicit test error (lower fractions)"
+    else:
+        needs = "slimming or l1norm trials (prune.method, prune.fraction) on the same network and data"
+    return Outcome(note=note, untestable=f"needs {needs}")
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -462,7 +531,13 @@ CLAIMS: tuple[Claim, ...] = (
               "about as much as network slimming.",
           "main text: 70-80% of VGG-16's filters on CIFAR-10/100, against up to 34% of VGG-16's FLOPs by L1-norm "
           "pruning with retraining (Li et al. 2017); comparable to network slimming for VGG-11 on ImageNet.",
-          "Not tested yet: the explicit pruning pipelines are being built (issue 15).",
+          f"At matched test error, on the same network and data: each configuration of prune.method none with "
+          f"dead filters removed against each explicit method's configuration (any fraction, fine-tuned or not) "
+          f"that removes the most FLOPs (mean over seeds) while its pruned test error is at most {MATCHED_ERR:g} "
+          f"points above the implicit one's (means over seeds); the per-seed % of FLOPs removed compared. Far "
+          f"more than L1-norm: implicit > {FAR_MORE:g} x L1-norm (the paper: 70-80% of filters against 34% of "
+          f"FLOPs); about as much as slimming: implicit > slimming - {COMPARABLE:g} points (the paper: at par or "
+          "better). An implicit configuration no explicit one matches is named in the note, not counted.",
           claim10_explicit_pruning),
 )
 
@@ -528,7 +603,7 @@ def check_claims(trials: pl.DataFrame, lowgrad: pl.DataFrame | None = None) -> p
 
     `trials`: per-seed rows as `results.per_trial` gives them; `lowgrad`: the low-gradient
     simulation (`figures.lowgrad_frame`), or None (claim 9 is then not testable)."""
-    evidence = Evidence(configurations(trials), lowgrad)
+    evidence = Evidence(configurations(implicit_trials(trials)), lowgrad, configurations(trials))
     rows = []
     for claim in CLAIMS:
         outcome = claim.check(evidence)

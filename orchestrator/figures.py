@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .results import Frame, labelled_trials, layer_columns
+from .results import CONFIG_COLUMNS, NETWORK_SETTINGS, Frame, format_setting, labelled_trials, layer_columns
 
 if TYPE_CHECKING:  # the simulation itself needs torch; its output is plain numbers
     from sparsity_core.lowgrad import Trajectory
 
 __all__ = ["layer_profile", "seed_points", "snapshot_layers", "default_layers", "QUANTILES", "gamma_beta_quantiles",
-           "universality_histogram", "TRAJECTORY_METRICS", "trajectories", "LOWGRAD_SCHEMA", "lowgrad_frame"]
+           "universality_histogram", "TRAJECTORY_METRICS", "trajectories", "LOWGRAD_SCHEMA", "lowgrad_frame",
+           "METHOD_NAMES", "PRUNING_COLUMNS", "pruning_table"]
 
 
 def layer_profile(agg: pl.DataFrame) -> pl.DataFrame:
@@ -143,3 +144,46 @@ def lowgrad_frame(trajectories: Sequence[Trajectory]) -> pl.DataFrame:
         },
         schema=LOWGRAD_SCHEMA,
     )
+
+
+# --- implicit vs explicit pruning ----------------------------------------------------------------
+
+# `prune.method` as the pruning table names it: `none` removes the dead filters (implicit sparsity).
+METHOD_NAMES = {"none": "implicit", "slimming": "slimming", "l1norm": "l1norm"}
+# pruning.csv: (column, trials column it averages over seeds); test_err is the pruned network's, as its
+# method leaves it (after fine-tuning where the method fine-tunes).
+PRUNING_COLUMNS = (
+    ("filters_removed_pct", "filters_removed_pct"),
+    ("conv_params_removed_pct", "conv_params_pruned_pct"),
+    ("flops_removed_pct", "flops_pruned_pct"),
+    ("test_err", "pruned_test_err"),
+    ("trained_test_err", "trained_test_err"),
+    ("speedup", "pruned_speedup"),
+)
+
+
+def pruning_table(trials: pl.DataFrame) -> pl.DataFrame:
+    """One row per configuration whose pruning was measured (trials that finished ok): `method`
+    (METHOD_NAMES), `curve` (the method, fine-tuned or not, and the network and data where the table
+    holds several: one curve of pruning.html), `configuration` (its label), the network settings,
+    `fraction`, `finetune_epochs`, per PRUNING_COLUMNS the mean, `_std`, `_min` and `_max` over
+    seeds, `finetuned` and `seeds`; sorted by curve and FLOPs removed. Results written before
+    explicit pruning existed read as implicit, not fine-tuned, with `filters_removed_pct` null."""
+    ok = labelled_trials(trials).filter(pl.col("pruned_test_err").is_not_null())
+    ok = ok.with_columns(pl.col("method").replace_strict(METHOD_NAMES, default=pl.col("method")),
+                         pl.col("finetuned").fill_null(False))
+    stats = [agg for out, col in PRUNING_COLUMNS for agg in (
+        pl.col(col).mean().alias(out), pl.col(col).std().alias(f"{out}_std"),
+        pl.col(col).min().alias(f"{out}_min"), pl.col(col).max().alias(f"{out}_max"))]
+    table = ok.group_by(CONFIG_COLUMNS, maintain_order=True).agg(
+        pl.col("config").first().alias("configuration"), *stats, pl.col("finetuned").any(),
+        pl.col("seed").n_unique().alias("seeds"))
+    networks = [c for c in NETWORK_SETTINGS if table[c].n_unique() > 1]
+    curve = [row["method"] + (" (fine-tuned)" if row["finetuned"] and row["method"] != "implicit" else "")
+             + "".join(f" {c}={format_setting(row[c])}" for c in networks)
+             for row in table.select("method", "finetuned", *networks).to_dicts()]
+    columns = ["method", "curve", "configuration", *NETWORK_SETTINGS, "fraction", "finetune_epochs",
+               *(f"{out}{suffix}" for out, _ in PRUNING_COLUMNS for suffix in ("", "_std", "_min", "_max")),
+               "finetuned", "seeds"]
+    return table.with_columns(pl.Series("curve", curve, dtype=pl.String)).select(columns).sort(
+        "curve", "flops_removed_pct", nulls_last=True)

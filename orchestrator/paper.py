@@ -17,10 +17,10 @@ from typing import Any
 
 import polars as pl
 
-from sparsity_core.config import PAPER_LRS
+from sparsity_core.config import PAPER_LRS, REMEDY_SETTINGS
 
 from .claims import configurations, pairs
-from .results import CONFIG_COLUMNS, METRICS, format_setting
+from .results import CONFIG_COLUMNS, METRICS, format_setting, implicit_trials
 from .stats import SEED_SPREAD, Sample, difference, direction
 
 __all__ = ["PaperTable", "PAPER_TABLES", "SETUP", "MATCH_KEYS", "PAPER_METRICS", "EFFECT_METRICS", "load_reference",
@@ -46,11 +46,12 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
 )
 # The supplement's training setup, shared by every row (shared/paper/README.md, "Training setup"):
 # setting -> the values that reproduce it. Native 32x32 CIFAR images, flips, batch 40, 325 epochs
-# with LR / 10 at 250, each optimizer's base LR (`lr` None takes it), no remedy, fp32.
+# with LR / 10 at 250, each optimizer's base LR (`lr` None takes it), no remedy (one that only sets
+# settings trained what its row's settings say), no explicit pruning, fp32.
 SETUP: dict[str, tuple[Any, ...]] = {
     "model": ("basicnet",), "width": (1.0,), "image_size": (None, 32), "augment": (True,), "batch_size": (40,),
     "reference_batch_size": (None, 40), "epochs": (325,), "lr_steps": ([250],), "lr_decay": (0.1,),
-    "remedy": ("none",), "precision": ("fp32",),
+    "remedy": ("none", *REMEDY_SETTINGS), "method": ("none",), "precision": ("fp32",),
 }
 # The settings a paper row is matched on besides SETUP. The supplement's tables are all BasicNet with
 # ReLU, BN gamma init 1, beta init 0 and unscaled BN learning rates unless a column says otherwise.
@@ -181,7 +182,7 @@ def paper_effects(trials: pl.DataFrame, reference: pl.DataFrame,
     the paper's effect (from its table's averages), and whether their directions agree (`same`,
     `opposite`, `undecided` when our interval straddles 0 or the paper shows no change). Directions
     only: the effects' sizes are not comparable across setups."""
-    configs = configurations(trials, metrics)
+    configs = configurations(implicit_trials(trials), metrics)
     ref_rows = reference.to_dicts()
     order = {row["config"]: i for i, row in enumerate(configs.to_dicts())}
     rows = []

@@ -26,6 +26,7 @@ __all__ = [
     "gamma_beta_figure",
     "universality_figure",
     "lowgrad_figure",
+    "pruning_figure",
 ]
 
 _PALETTE = qualitative.Plotly
@@ -190,10 +191,10 @@ def trajectories_figure(traj: pl.DataFrame) -> go.Figure:
     return fig
 
 
-def _band(d: pl.DataFrame, low: str, high: str, color: str, opacity: float, group: str) -> Trace:
-    """A shaded band between two columns over the epochs: one closed outline, along the upper edge
-    and back along the lower."""
-    x = d["epoch"].to_numpy()
+def _band(d: pl.DataFrame, low: str, high: str, color: str, opacity: float, group: str, x: str = "epoch") -> Trace:
+    """A shaded band between two columns along `x` (the epochs): one closed outline, along the upper
+    edge and back along the lower."""
+    x = d[x].to_numpy()
     fill = f"rgba({','.join(str(int(color[i:i + 2], 16)) for i in (1, 3, 5))},{opacity})"
     return dict(type="scatter", x=np.concatenate([x, x[::-1]]),
                 y=np.concatenate([d[high].to_numpy(), d[low].to_numpy()[::-1]]), mode="lines", line={"width": 0},
@@ -284,4 +285,33 @@ def lowgrad_figure(lowgrad: pl.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="iteration")
     fig.update_yaxes(title_text="scalar value", col=1)
     fig.update_layout(title=title)
+    return fig
+
+
+def pruning_figure(table: pl.DataFrame) -> go.Figure:
+    """Test error of the pruned network against the % of FLOPs removed, one curve per method (and
+    network): a point per configuration at its mean over seeds, a band and bars from the lowest to
+    the highest seed's error, horizontal bars one std of FLOPs removed. Implicit points are the dead
+    filters removed, without fine-tuning. Input: `figures.pruning_table`."""
+    title = "Implicit vs explicit pruning: test error against FLOPs removed (band: min to max over seeds)"
+    table = table.filter(pl.col("flops_removed_pct").is_not_null() & pl.col("test_err").is_not_null())
+    if table.is_empty():
+        return empty_figure(title, "no pruning measured: the trials table has no pruned_test_err")
+    colors = _colors(table["curve"])
+    traces: list[Trace] = []
+    for (curve,), d in table.sort("flops_removed_pct").partition_by("curve", as_dict=True).items():
+        traces.append(_band(d, "test_err_min", "test_err_max", colors[curve], 0.15, curve, x="flops_removed_pct"))
+        traces.append(dict(
+            type="scatter", x=d["flops_removed_pct"].to_numpy(), y=d["test_err"].to_numpy(), mode="lines+markers",
+            name=curve, legendgroup=curve, line={"color": colors[curve]},
+            error_x={"type": "data", "array": d["flops_removed_pct_std"].fill_null(0.0).to_numpy()},
+            error_y={"type": "data", "symmetric": False, "array": (d["test_err_max"] - d["test_err"]).to_numpy(),
+                     "arrayminus": (d["test_err"] - d["test_err_min"]).to_numpy()},
+            customdata=d.select("filters_removed_pct", "seeds").to_numpy(), text=d["configuration"].to_list(),
+            hovertemplate=f"{curve}<br>%{{text}}<br>FLOPs removed %{{x:.1f}}%, filters %{{customdata[0]:.1f}}%"
+                          "<br>test error %{y:.2f}% (n %{customdata[1]})<extra></extra>",
+        ))
+    fig = go.Figure(traces)
+    fig.update_layout(title=title, xaxis_title="FLOPs removed (%)", yaxis_title="test error after pruning (%)",
+                      xaxis_range=_PERCENT_RANGE)
     return fig

@@ -6,9 +6,10 @@ variables); a remote sweep's report goes to the local folder `report/<sweep>/` u
 Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
 a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
 on the per-seed values), early_stopping.md (what early stopping would have saved and lost on this
-sweep), pareto.html, layers.html, trajectories.html, gamma_beta.html, universality.html, lowgrad.html
-and index.html linking them. The pages share one plotly.min.js written beside them, so the folder
-opens with no network.
+sweep), pruning.csv (implicit vs explicit pruning, a row per configuration), pareto.html, layers.html,
+trajectories.html, gamma_beta.html, universality.html, lowgrad.html, pruning.html and index.html
+linking them. The pages share one plotly.min.js written beside them, so the folder opens with no
+network.
 
 `python orchestrator/report.py --lowgrad OUTDIR` writes only the low-gradient simulation (lowgrad.html).
 `python orchestrator/report.py RESULTS/<sweep> --replay-early-stopping [--sweep FILE]` prints only the
@@ -49,7 +50,7 @@ __all__ = ["ReportError", "build_report", "lowgrad_data", "replay_early_stopping
            "markdown_table", "main"]
 
 FIGURES = ("pareto.html", "layers.html", "trajectories.html", "gamma_beta.html", "universality.html",
-           "lowgrad.html")
+           "lowgrad.html", "pruning.html")
 PLOTLY_JS = "plotly.min.js"
 # Table columns: (metric, header, decimals). Percentages and errors in percent, losses as they are.
 _COLUMNS = (
@@ -60,6 +61,11 @@ _COLUMNS = (
     ("dead_act_pct", "total (act.)", 1),
     ("conv_params_pruned_pct", "conv params pruned", 1),
     ("pruned_test_err", "pruned test err", 1),
+    # remedies that act on filters, at the last epoch: revived or shifted, of those alive by the
+    # paper's thresholds, of those functionally recovered (sparsity_core.sparsity.functional)
+    ("remedied", "revived/shifted", 1),
+    ("remedied_alive", "of those alive (thresholds)", 1),
+    ("recovered", "of those recovered (function)", 1),
 )
 
 
@@ -178,29 +184,27 @@ def _paper_section(agg: pl.DataFrame, per_seed: pl.DataFrame | None) -> list[str
     return parts[:-1]
 
 
-# Implicit vs explicit pruning: the same trained networks, the same number of filters removed.
+# pruning.csv as table.md shows it: (pruning.csv column, header, decimals)
 _PRUNING = (
-    ("conv_params_pruned_pct", "conv params removed", 1),
-    ("flops_pruned_pct", "FLOPs removed", 1),
-    ("pruned_speedup", "speedup", 2),
-    ("test_err", "test err", 1),
-    ("pruned_test_err", "dead removed (implicit)", 1),
-    ("slim_pruned_test_err", "network slimming", 1),
-    ("l1norm_pruned_test_err", "L1-norm (Li et al.)", 1),
+    ("filters_removed_pct", "filters removed", 1),
+    ("conv_params_removed_pct", "conv params removed", 1),
+    ("flops_removed_pct", "FLOPs removed", 1),
+    ("speedup", "speedup", 2),
+    ("trained_test_err", "trained test err", 2),
+    ("test_err", "pruned test err", 2),
 )
 
 
-def pruning_markdown(agg: pl.DataFrame) -> pl.DataFrame | None:
-    """Test error after removing the dead filters vs after explicit pruning of as many filters, for
-    the configurations that had dead filters; None when none had."""
-    if "conv_params_pruned_pct_mean" not in agg.columns:
-        return None
-    pruned = agg.filter(pl.col("conv_params_pruned_pct_mean") > 0)
+def pruning_markdown(table: pl.DataFrame) -> pl.DataFrame | None:
+    """`figures.pruning_table` as text (mean ± std over seeds), for the configurations that removed
+    something; None when none did."""
+    pruned = table.filter(pl.col("flops_removed_pct") > 0)
     if pruned.is_empty():
         return None
-    columns = _label_text(pruned)
-    for metric, header, decimals in _PRUNING:
-        columns[header] = _mean_std(pruned, metric, decimals)
+    columns: dict[str, pl.Series | list] = {"curve": pruned["curve"], "configuration": pruned["configuration"]}
+    for column, header, decimals in _PRUNING:
+        columns[header] = _mean_std(pruned.rename({column: f"{column}_mean"}), column, decimals)
+    columns["n"] = pruned["seeds"].cast(pl.String)
     return pl.DataFrame(columns)
 
 
@@ -211,7 +215,10 @@ def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
                      how="horizontal")
 
 
-def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFrame | None = None) -> None:
+def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFrame | None = None,
+                 pruning: pl.DataFrame | None = None) -> None:
+    """table.md and table.csv; with `pruning` (`figures.pruning_table`) also pruning.csv and its
+    section of table.md."""
     _csv_frame(agg).write_csv(out / "table.csv")
     parts = [
         f"# {sweep}: results by configuration",
@@ -223,18 +230,24 @@ def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFram
         markdown_table(results_markdown(agg)),
     ]
     parts += _paper_section(agg, per_seed)
-    pruning = pruning_markdown(agg)
     if pruning is not None:
-        parts += [
-            "",
-            "## Implicit vs explicit pruning",
-            "",
-            "Test error (%) of each trained network after its dead filters are removed, and after the "
-            "same number of filters is removed by network slimming (smallest |gamma| overall) or by "
-            "L1-norm pruning (smallest filters in each layer), without fine-tuning.",
-            "",
-            markdown_table(pruning),
-        ]
+        pruning.write_csv(out / "pruning.csv")
+        shown = pruning_markdown(pruning)
+        if shown is not None:
+            parts += [
+                "",
+                "## Implicit vs explicit pruning",
+                "",
+                "Each configuration's trained network pruned as its `prune.method` says: implicit removes the "
+                "dead filters (|gamma| < 1e-3, their constant output folded into the next layer) without "
+                "fine-tuning; slimming (Liu et al. 2017: trained with L1 on gamma, the smallest |gamma| over "
+                "the network) and l1norm (Li et al. 2017: the smallest filters by L1 weight norm in each layer) "
+                "remove a fraction of the filters and fine-tune where the curve says so. Shares of the trained "
+                "network; test errors in %, the pruned one after any fine-tuning. pruning.csv has every "
+                "number, pruning.html the curves; claim 10 compares them at matched test error.",
+                "",
+                markdown_table(shown),
+            ]
     (out / "table.md").write_text("\n".join(parts) + "\n")
 
 
@@ -245,8 +258,8 @@ def _claims_method() -> list[str]:
         "How to read it:",
         "",
         "- A claim is tested by comparisons between configurations that differ only in the settings the claim "
-        "varies. Each gives both sides (the total % of filters dead by gamma at the last epoch: mean ± std over "
-        "seeds, n seeds), the effect (left minus right, in points) with its "
+        "varies. Each gives both sides (the total % of filters dead by gamma at the last epoch, claim 10 the % of "
+        "FLOPs removed: mean ± std over seeds, n seeds), the effect (left minus right, in points) with its "
         f"{stats.CONFIDENCE:.0%} confidence interval (two-sided), and a status: **holds** when the whole "
         "interval clears the claim's threshold, **fails** when none of it does (the data contradict the claim "
         "beyond noise), **inconclusive** when it straddles the threshold or no interval can be formed.",
@@ -258,7 +271,10 @@ def _claims_method() -> list[str]:
         "Claim 8's change in test error has no prior: with one seed it is inconclusive.",
         f"- Thresholds, from the paper's numbers: far more = more than {claims.FAR_MORE:g}x (claim 1); much "
         f"fewer = under {claims.MUCH_LESS:g}x (claim 4); slightly = by at most {claims.SLIGHTLY:.0%} (claims 5 "
-        f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); more, "
+        f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); claim 10 "
+        f"compares % of FLOPs removed at matched test error (an explicit configuration within "
+        f"{claims.MATCHED_ERR:g} points of the implicit one's error), far more = over {claims.FAR_MORE:g}x, "
+        f"about as much = at most {claims.COMPARABLE:g} points fewer; more, "
         "fewer, raises, lowers = the direction alone (threshold 0). Each *test* is a contrast that must be "
         "above 0 (far more: adam - 2 x sgd > 0); *tested* gives its value and interval, the effect itself when "
         "no side is scaled. \"Only slightly\" adds a second contrast, the bound on the change's size (after the "
@@ -415,7 +431,9 @@ def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, verdicts: pl.Dat
              ("trajectories.html", "dead filters and test error over the epochs"),
              ("gamma_beta.html", "BN gamma and beta over training (Fig. 1)"),
              ("universality.html", "feature universality per layer (Fig. 2)"),
-             ("lowgrad.html", "low-gradient simulation (Fig. 3)")]
+             ("lowgrad.html", "low-gradient simulation (Fig. 3)"),
+             ("pruning.html", "implicit vs explicit pruning: test error against FLOPs removed"),
+             ("pruning.csv", "the same, every number (CSV)")]
     items = "\n".join(f'<li><a href="{f}">{f}</a>: {html.escape(text)}</li>' for f, text in links)
     verdicts = "\n".join(f"<li>{c}. <b>{html.escape(s)}</b>: {html.escape(t)}</li>"
                          for c, t, s in verdicts.select("claim", "text", "status").rows())
@@ -507,8 +525,10 @@ def build_report(
         per_seed = results.per_trial(tables.trials, tables.layers)
         lowgrad = lowgrad_data(lowgrad_iterations)
         verdicts = claims.check_claims(per_seed, lowgrad)
+        pruning = figures.pruning_table(tables.trials)
         pages = {
-            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(tables.trials),
+            "pareto.html": plots.pareto_figure(results.pareto_points(results.implicit_trials(agg)),
+                                               figures.seed_points(results.implicit_trials(tables.trials)),
                                                results.stopped_points(tables.trials)),
             "layers.html": plots.layers_figure(figures.layer_profile(agg)),
             "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, tables.trials)),
@@ -517,6 +537,7 @@ def build_report(
             "universality.html": plots.universality_figure(
                 figures.universality_histogram(tables.filters, tables.trials)),
             "lowgrad.html": plots.lowgrad_figure(lowgrad),
+            "pruning.html": plots.pruning_figure(pruning),
         }
     except _READ_ERRORS as e:
         raise ReportError(f"{sweep_dir}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
@@ -524,7 +545,7 @@ def build_report(
 
     target = Path(out) if out is not None else _default_out(store)
     target.mkdir(parents=True, exist_ok=True)
-    write_tables(agg, target, store.sweep, per_seed)
+    write_tables(agg, target, store.sweep, per_seed, pruning)
     write_claims(verdicts, target, store.sweep)
     write_early_stopping(tables, spec, target, store.sweep)
     _write_pages(pages, target)
@@ -581,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {target}/: index.html, table.md, table.csv, claims.md, claims.csv, early_stopping.md, "
-          f"{', '.join(FIGURES)}, {PLOTLY_JS}")
+          f"pruning.csv, {', '.join(FIGURES)}, {PLOTLY_JS}")
     return 0
 
 

@@ -20,7 +20,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from sparsity_core.config import TrialConfig, alias_paths
+from sparsity_core.config import REMEDY_SETTINGS, TrialConfig, alias_paths
+from sparsity_core.metrics import EpochMetrics, PruneMetrics, scalar_fields
 
 from .pareto import Mode, non_dominated_ranks, to_costs
 from .store import TABLES, TRIAL_METRICS, ResultStore
@@ -32,6 +33,7 @@ __all__ = [
     "table_files",
     "load_results",
     "CONFIG_COLUMNS",
+    "NETWORK_SETTINGS",
     "METRICS",
     "layer_columns",
     "varying_settings",
@@ -40,6 +42,7 @@ __all__ = [
     "final_layers",
     "labelled_trials",
     "per_trial",
+    "implicit_trials",
     "aggregate",
     "Mode",
     "pareto_front",
@@ -51,8 +54,11 @@ __all__ = [
 # The study's main axes lead, as in the paper's tables; then every other setting but the seed.
 _LEAD = ("optimizer", "reg", "strength")
 CONFIG_COLUMNS: list[str] = [*_LEAD, *(a for a in alias_paths() if a not in (*_LEAD, "seed"))]
-# Per-trial results averaged over seeds (besides the per-layer C1..Cn columns).
-METRICS = TRIAL_METRICS
+# The network and data a configuration trained: pruning methods are compared only within one.
+NETWORK_SETTINGS = ("dataset", "image_size", "model", "width")
+# Per-trial results averaged over seeds (besides the per-layer C1..Cn columns): the numeric ones.
+_NUMERIC = {c.name for record in (EpochMetrics, PruneMetrics) for c in scalar_fields(record) if c.type in (int, float)}
+METRICS = tuple(m for m in TRIAL_METRICS if m in _NUMERIC)
 _LAYER = re.compile(r"^C(\d+)$")
 
 
@@ -121,12 +127,28 @@ def _fill_new_settings(trials: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _as_trained(trials: pl.DataFrame) -> pl.DataFrame:
+    """Each row's settings as trained: a results row records them since this was added, an older
+    row the settings asked for (`remedy: gamma_lr_scale` with `gamma_lr_scale: 1.0`). The remedy's
+    settings are applied where a row leaves them at their default, as `TrialConfig.as_trained` does."""
+    defaults = TrialConfig().flat()
+    for remedy, rewrite in REMEDY_SETTINGS.items():
+        trials = trials.with_columns(
+            pl.when((pl.col("remedy") == remedy) & (pl.col(alias) == defaults[alias]))
+            .then(pl.lit(value)).otherwise(pl.col(alias)).alias(alias)
+            for alias, value in rewrite.items()
+        )
+    return trials
+
+
 def load_results(source: str | Path | ResultStore) -> Results:
     """The tables of the sweep at `source` (a folder, a URI, or its `ResultStore`; see `open_sweep`).
-    Reads the trials table; the others are scanned lazily."""
+    Reads the trials table; the others are scanned lazily. Every trials row says the settings it
+    trained (`_as_trained`)."""
     store = source if isinstance(source, ResultStore) else open_sweep(source)
     scans = {table: _scan(store, table) for table in TABLES}
-    return Results(sweep=store.sweep, trials=_fill_new_settings(scans.pop("trials").collect()), **scans)
+    trials = _as_trained(_fill_new_settings(scans.pop("trials").collect()))
+    return Results(sweep=store.sweep, trials=trials, **scans)
 
 
 # --- configurations --------------------------------------------------------------------------------
@@ -182,6 +204,12 @@ def per_trial(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:
         wide = final.pivot(on="layer", index="trial_id", values="dead_gamma_pct")
         ok = ok.join(wide.select("trial_id", *layer_columns(wide.columns)), on="trial_id", how="left")
     return ok
+
+
+def implicit_trials(trials: Frame) -> Frame:
+    """The trials whose last epoch measured a trained network (prune.method none): an explicit
+    pruning pipeline's measures the network it pruned and fine-tuned."""
+    return trials.filter(pl.col("method") == "none") if "method" in trials.columns else trials
 
 
 def aggregate(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:

@@ -2,11 +2,12 @@
 together a `Sweep`.
 
 A sweep file holds fixed settings in sections that mirror `TrialConfig` (`dataset:`, `model:`,
-`train:`, plus `seed`/`device`), a `grid:` whose axes are multiplied out, `variants:` (rows of
-settings for tables that are not full grids) and `seeds:`; or an `optuna:` search from one fixed
+`train:`, `prune:`, plus `seed`/`device`), a `grid:` whose axes are multiplied out, `variants:` (rows
+of settings for tables that are not full grids) and `seeds:`. Grid axes and variant keys name a trial
+setting by its alias (`optimizer`) or its dotted path (`train.optimizer`). A list in a variant row is
+an axis of that row alone (`{method: slimming, fraction: [0.3, 0.5]}`: two trials); a setting that is
+itself a list (`lr_steps`) takes a list of lists there. Or an `optuna:` search from one fixed
 base. `early_stopping:` stops trials that are dominated at a rung (orchestrator.early_stopping).
-Grid axes and variant keys name a trial setting by its alias (`optimizer`) or its dotted path
-(`train.optimizer`).
 
 Every mistake raises `SpecError` with the file, the key and the fix; the CLI turns that into exit 2.
 """
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
+from sparsity_core.config import TrialConfig, alias_paths, did_you_mean, settings
 
 from .early_stopping import EarlyStopping, RungJudge
 from .search import OptunaSpec
@@ -58,6 +59,7 @@ class SweepSpec(BaseModel):
     dataset: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    prune: dict[str, Any] = Field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)
@@ -161,14 +163,14 @@ def _format_errors(source: str, err: ValidationError, where: str = "") -> SpecEr
             msg = f"unknown key{did_you_mean(str(e['loc'][-1]), options)}; valid here: {', '.join(options)}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            key = key or "(top level)"
-        lines.append(f"{source}: {where}{key}: {msg}")
+        # A check across sections (a trial's, or the sweep's own) has no key: its message names them.
+        lines.append(f"{source}: {where}{key + ': ' if key else ''}{msg}")
     return SpecError("\n".join(lines))
 
 
 def _field_names(loc: tuple) -> list[str]:
     """The valid keys at a location of a trial config or a sweep spec (for did-you-mean)."""
-    model: type[BaseModel] = TrialConfig if loc and loc[0] in ("dataset", "model", "train") else SweepSpec
+    model: type[BaseModel] = TrialConfig if loc and loc[0] in TrialConfig.model_fields else SweepSpec
     for part in loc:
         field = model.model_fields.get(str(part))
         for sub in (field.annotation, *typing.get_args(field.annotation)) if field else ():
@@ -260,24 +262,40 @@ def _resolve(key: str, source: str, where: str) -> str:
 
 def _expand(spec: SweepSpec, source: str) -> tuple[TrialConfig, ...]:
     """variants x grid x seeds, in that order, each a validated TrialConfig; duplicates dropped."""
-    base = {"dataset": spec.dataset, "model": spec.model, "train": spec.train, "device": spec.device}
-    axes = [(_resolve(k, source, "grid."), v) for k, v in spec.grid.items()]
+    base = {"dataset": spec.dataset, "model": spec.model, "train": spec.train, "prune": spec.prune,
+            "device": spec.device}
+    grid = [(_resolve(k, source, "grid."), v) for k, v in spec.grid.items()]
     for key, values in spec.grid.items():
         if not values:
             raise SpecError(f"{source}: grid.{key}: an axis needs at least one value")
     rows = spec.variants or [{}]
     trials: dict[str, TrialConfig] = {}
     for v_index, variant in enumerate(rows):
-        fixed = [(_resolve(k, source, f"variants[{v_index}]."), val) for k, val in variant.items()]
+        # a variant's own axes first, then the grid's: a grid axis overrides a variant's value
+        axes = [*_variant_axes(variant, source, f"variants[{v_index}]."), *grid]
         for combo in itertools.product(*(values for _, values in axes)):
             for seed in spec.seeds:
                 try:
-                    cfg = trial_config(base, [*fixed, *zip((p for p, _ in axes), combo), ("seed", seed)])
+                    cfg = trial_config(base, [*zip((p for p, _ in axes), combo), ("seed", seed)])
                 except ValidationError as e:
                     where = f"variants[{v_index}] " if spec.variants else ""
                     raise _format_errors(source, e, where) from None
                 trials.setdefault(cfg.trial_id, cfg)
     return tuple(trials.values())
+
+
+def _variant_axes(variant: dict[str, Any], source: str, where: str) -> list[tuple[str, list[Any]]]:
+    """A variant row as axes (path, values): a list is an axis of the row, any other value an axis
+    of one value. A setting whose value is a list (`lr_steps`) is an axis only as a list of lists."""
+    sequences = {s.path for s in settings() if s.sequence}
+    axes = []
+    for key, value in variant.items():
+        path = _resolve(key, source, where)
+        many = isinstance(value, list) and (path not in sequences or all(isinstance(v, list) for v in value))
+        if many and not value:
+            raise SpecError(f"{source}: {where}{key}: an axis needs at least one value")
+        axes.append((path, value if many else [value]))
+    return axes
 
 
 def varying_settings(trials: Iterable[TrialConfig]) -> list[str]:

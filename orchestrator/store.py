@@ -276,7 +276,7 @@ class SweepWriter:
             "trial_id": cfg.trial_id,
             "sweep": self.store.sweep,
             "status": status,
-            **cfg.flat(),
+            **cfg.as_trained().flat(),  # the settings trained (a remedy's rewrite applied); the id is the asked config's
             "epochs_run": last["epoch"] if last else 0,
             **{name: last[name] if last else None for name in TRIAL_METRICS},
             "on_pareto_front": None,

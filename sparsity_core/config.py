@@ -24,6 +24,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
+    "PruneConfig",
     "TrialConfig",
     "OPTIMIZER_NAMES",
     "PAPER_LRS",
@@ -32,6 +33,12 @@ __all__ = [
     "MODEL_NAMES",
     "ACTIVATION_NAMES",
     "REMEDY_NAMES",
+    "REMEDY_SETTINGS",
+    "MODEL_REMEDIES",
+    "PAPER_GAMMA_LR_SCALE",
+    "PRUNE_METHOD_NAMES",
+    "Finetuning",
+    "FINETUNING",
     "Setting",
     "settings",
     "alias_paths",
@@ -48,6 +55,41 @@ REMEDY_NAMES = ("none", "leaky_relu", "gamma_lr_scale", "revive", "psbn")
 DATASET_NAMES = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
 MODEL_NAMES = ("basicnet", "vgg11", "vgg16")
 ACTIVATION_NAMES = ("relu", "leaky_relu")
+PRUNE_METHOD_NAMES = ("none", "slimming", "l1norm")
+
+# The supplement's gamma LR scale: 46% -> 33% dead filters (Table 3, CIFAR-100, Adam, L2 1e-4).
+PAPER_GAMMA_LR_SCALE = 0.1
+# What a remedy changes in the settings trained, by alias: each is set where the trial leaves it at
+# its default (a non-default value is the sweep's own choice, e.g. a gamma_lr_scale grid, and is
+# kept). These remedies are nothing else, so the settings a row records (`TrialConfig.as_trained`)
+# say all of what ran. The other remedies act on the model between epochs (sparsity_core.remedies).
+REMEDY_SETTINGS: dict[str, dict[str, Any]] = {
+    "leaky_relu": {"activation": "leaky_relu"},
+    "gamma_lr_scale": {"gamma_lr_scale": PAPER_GAMMA_LR_SCALE},
+}
+MODEL_REMEDIES = tuple(name for name in REMEDY_NAMES if name not in ("none", *REMEDY_SETTINGS))
+
+
+class Finetuning(NamedTuple):
+    """How an explicit pruning method trains and fine-tunes, after its paper."""
+
+    train_reg: str | None  # the regularizer it trains with (None: the trial's own, whichever)
+    lr_scale: float  # fine-tuning LR / the trial's base LR
+    lr_steps: bool  # the training schedule's LR steps, at the same fractions of the fine-tuning epochs
+    reg: str | None  # the regularizer while fine-tuning (None: the trial's own)
+
+
+# Network slimming (Liu et al. 2017) trains with L1 on BN gamma, then fine-tunes "with the same
+# optimization setting as in training" (CIFAR: the base LR, / 10 at 50% and 75% of the epochs): here
+# the trial's base LR and LR steps, scaled to the fine-tuning epochs. The L1 term is what made the
+# network sparse, not part of the fine-tuning; their weight decay beside it has no place in a
+# one-regularizer trial, so slimming fine-tunes with none. Li et al. 2017 prune a normally trained
+# network and retrain it at a constant LR of 0.001 where it trained at 0.1 (1/100 of the base), with
+# the training's weight decay: the trial's own regularizer.
+FINETUNING: dict[str, Finetuning] = {
+    "slimming": Finetuning(train_reg="l1_gamma", lr_scale=1.0, lr_steps=True, reg="none"),
+    "l1norm": Finetuning(train_reg=None, lr_scale=0.01, lr_steps=False, reg=None),
+}
 
 # Field metadata of a setting that each trial of a pack (sparsity_core.packed) may set on its own:
 # its initialisation, optimizer hyperparameters (broadcast over the trial dimension), LR schedule,
@@ -79,6 +121,7 @@ ActivationName = _one_of(ACTIVATION_NAMES, "activation")
 OptimizerName = _one_of(OPTIMIZER_NAMES, "optimizer")
 RegularizerName = _one_of(REGULARIZER_NAMES, "regularizer")
 RemedyName = _one_of(REMEDY_NAMES, "remedy")
+PruneMethodName = _one_of(PRUNE_METHOD_NAMES, "pruning method")
 
 
 class _Section(BaseModel):
@@ -186,14 +229,103 @@ class TrainConfig(_Section):
         return tuple(max(1, round(s * self._iteration_scale())) for s in self.lr_steps)
 
 
+class PruneConfig(_Section):
+    """How the trained network is pruned and measured at the end of the trial.
+
+    `method: none` (the paper's experiment): the dead filters (|gamma| < 1e-3) are removed, exactly
+    (their constant output folded into the next layer), with no fine-tuning. `slimming` (Liu et al.
+    2017) and `l1norm` (Li et al. 2017) are explicit pipelines: after training (slimming with
+    `reg: l1_gamma`) they remove `fraction` of the filters (slimming: the smallest |gamma| over the
+    whole network; L1-norm: the smallest filters by L1 weight norm in each layer), then fine-tune
+    for `finetune_epochs` (see FINETUNING for the LR and regularizer) in the same training loop.
+    """
+
+    method: PruneMethodName = "none"
+    fraction: float | None = Field(None, gt=0, lt=1, description="explicit methods: filters removed, of all")
+    finetune_epochs: int = Field(0, ge=0, description="explicit methods: epochs of fine-tuning after pruning "
+                                                      "(for `reference_batch_size`, as `epochs` are)")
+    finetune_lr_scale: float | None = Field(
+        None, gt=0, description="fine-tuning LR / the base LR; None: the method's paper (FINETUNING)"
+    )
+
+    @model_validator(mode="after")
+    def _fits_the_method(self) -> PruneConfig:
+        if self.method == "none":
+            given = [name for name in ("fraction", "finetune_lr_scale") if getattr(self, name) is not None]
+            if self.finetune_epochs:
+                given.append("finetune_epochs")
+            if given:
+                raise ValueError(f"{', '.join(given)}: method 'none' removes the dead filters and does not "
+                                 f"fine-tune; drop {', '.join(given)} or set method: slimming or l1norm")
+        elif self.fraction is None:
+            raise ValueError(f"method {self.method!r} removes a fraction of the filters: set fraction in (0, 1), "
+                             "e.g. 0.5")
+        return self
+
+    @property
+    def explicit(self) -> bool:
+        return self.method != "none"
+
+
 class TrialConfig(_Section):
     """One training run of the study. `trial_id` is a content hash of it."""
 
     dataset: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
     seed: int = Field(0, json_schema_extra=PER_TRIAL)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _prunable(self) -> TrialConfig:
+        method = self.prune.method
+        if not self.prune.explicit:
+            return self
+        wanted = FINETUNING[method].train_reg
+        if wanted is not None and self.train.reg != wanted:
+            raise ValueError(f"prune.method {method!r} trains with reg {wanted!r} (its paper's), not "
+                             f"{self.train.reg!r}: set train.reg: {wanted}")
+        if self.train.remedy in MODEL_REMEDIES:
+            raise ValueError(f"prune.method {method!r} cannot prune the model of remedy {self.train.remedy!r} "
+                             f"(it changes the network between epochs); use method none, or remedy "
+                             f"{' or '.join(n for n in REMEDY_NAMES if n not in MODEL_REMEDIES)}")
+        return self
+
+    def as_trained(self) -> TrialConfig:
+        """The settings this trial actually trains with: its remedy's settings (REMEDY_SETTINGS)
+        applied. Its `trial_id` is not this config's but the one asked for (`self.trial_id`)."""
+        by_alias = {setting.alias: setting for setting in settings()}
+        sections: dict[str, dict[str, Any]] = {}
+        for alias, value in REMEDY_SETTINGS.get(self.train.remedy, {}).items():
+            if by_alias[alias].value(self) == _defaults()[alias]:
+                section, leaf = by_alias[alias].path.split(".")
+                sections.setdefault(section, {})[leaf] = value
+        return self.model_copy(update={section: getattr(self, section).model_copy(update=changes)
+                                       for section, changes in sections.items()})
+
+    def finetuning(self) -> TrialConfig:
+        """The settings of the fine-tuning phase of an explicit pruning pipeline (`prune`): the
+        same trial with `train` set to fine-tune (`FINETUNING`: its LR, schedule and regularizer)
+        for `finetune_epochs`. Raises ValueError for a trial that does not fine-tune."""
+        p, t = self.prune, self.train
+        if not (p.explicit and p.finetune_epochs):
+            raise ValueError("this trial does not fine-tune (prune.method none or prune.finetune_epochs 0)")
+        recipe = FINETUNING[p.method]
+        base_lr = t.lr if t.lr is not None else PAPER_LRS[t.optimizer]
+        scale = p.finetune_lr_scale if p.finetune_lr_scale is not None else recipe.lr_scale
+        steps = sorted({round(s * p.finetune_epochs / t.epochs) for s in t.lr_steps}) if recipe.lr_steps else []
+        train = t.model_copy(update={
+            "lr": base_lr * scale, "epochs": p.finetune_epochs, "reg": recipe.reg or t.reg,
+            "lr_steps": tuple(s for s in steps if 0 < s < p.finetune_epochs),
+        })
+        return self.model_copy(update={"train": train})
+
+    @property
+    def last_epoch(self) -> int:
+        """Epochs run in all: training, then fine-tuning where the pruning pipeline fine-tunes."""
+        extra = self.finetuning().train.total_epochs if self.prune.explicit and self.prune.finetune_epochs else 0
+        return self.train.total_epochs + extra
 
     @property
     def trial_id(self) -> str:
@@ -274,3 +406,9 @@ def _location_settings() -> dict[str, set[str]]:
 def alias_paths() -> dict[str, str]:
     """Alias -> dotted path for every leaf setting of TrialConfig (`optimizer` -> `train.optimizer`)."""
     return {setting.alias: setting.path for setting in settings()}
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Alias -> the default value of every leaf setting."""
+    return TrialConfig().flat()

@@ -5,6 +5,11 @@ a trial's model is seen) is its `Engine` (`sparsity_core.engine`). The data stay
 device as uint8 tensors; batches are gathered by index and flipped as batch ops, and the loop reads
 nothing back from the device inside an epoch (one sync per epoch for its metrics). A trial whose
 loss turns NaN/inf stops and returns status "diverged": data, not a crash.
+
+An explicit pruning pipeline that fine-tunes (`prune.finetune_epochs`) runs on in the same loop:
+after the last training epoch its network is cut (`measure.explicit_cut`), a new engine is built
+around the cut network with the fine-tuning settings (`TrialConfig.finetuning`), and the epochs go
+on to `cfg.last_epoch`, measured as every epoch is.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import nn
 from .config import TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
 from .engine import Engine, PackedEngine, engine_for, graphed
-from .measure import due, measure_epoch
+from .measure import Cut, due, explicit_cut, measure_epoch
 from .metrics import EpochMetrics
 from .models import build_model
 from .optim import group_lrs, lr_factor
@@ -167,10 +172,11 @@ def _ended(cfg: TrialConfig, history: list[EpochMetrics], model: nn.Module, star
     return TrialResult(cfg, status, history, time.perf_counter() - start_time, model, message)
 
 
-def _snapshot(epoch: int, engine: Engine, generators: list[torch.Generator],
-              ended: dict[int, EpochMetrics]) -> dict[str, Any]:
+def _snapshot(epoch: int, engine: Engine, generators: list[torch.Generator], ended: dict[int, EpochMetrics],
+              remedies: list[Remedy], cut: Cut | None) -> dict[str, Any]:
     """A checkpoint after `epoch`: a copy, not views of the live tensors that the next epoch would
-    overwrite. `ended` holds the final metrics of every trial that has ended, reported again on resume."""
+    overwrite. `ended` holds the final metrics of every trial that has ended, reported again on
+    resume; `cut`, a fine-tuning pipeline's cut network (its architecture is not the config's)."""
     return copy.deepcopy({
         "epoch": epoch,
         "model": engine.model.state_dict(),
@@ -178,16 +184,26 @@ def _snapshot(epoch: int, engine: Engine, generators: list[torch.Generator],
         "generators": [generator.get_state() for generator in generators],
         "torch_rng": torch.get_rng_state(),
         "ended": ended,
+        "remedies": [remedy.state_dict() for remedy in remedies],
+        "cut": cut,
     })
 
 
-def _restore(state: dict[str, Any], engine: Engine, generators: list[torch.Generator]) -> None:
+def _restore(state: dict[str, Any], engine: Engine, generators: list[torch.Generator], remedies: list[Remedy]) -> None:
     # Before the first step: a captured step (engine.GraphedStep) records the tensors made here.
     engine.model.load_state_dict(state["model"])
     engine.optimizer.load_state_dict(state["optimizer"])
     for generator, generator_state in zip(generators, state["generators"], strict=True):
         generator.set_state(generator_state)
     torch.set_rng_state(state["torch_rng"])
+    for remedy, remedy_state in zip(remedies, state.get("remedies", [{}] * len(remedies)), strict=True):
+        if remedy_state:  # a checkpoint of an older version holds none
+            remedy.load_state_dict(remedy_state)
+
+
+def _finetuning(cut: Cut, engine_type: type[Engine], run_cfg: TrialConfig, device: torch.device) -> Engine:
+    """The engine that fine-tunes a cut network with the trial's fine-tuning settings."""
+    return engine_type([cut.model], [run_cfg.finetuning().train], device)
 
 
 def _run(
@@ -207,20 +223,30 @@ def _run(
     histories: list[list[EpochMetrics]] = [[] for _ in cfgs]
     results: dict[int, TrialResult] = {}  # the trials that have ended, by index
     start_epoch = 0
+    total, last = shared.total_epochs, run_cfgs[0].last_epoch  # a pack shares its pruning settings
+    # A fine-tuning pipeline's cut network (a solo trial: packs do not fine-tune, see `pack_refusal`).
+    cut: Cut | None = None
     if resume is not None:
-        _restore(resume, engine, generators)
+        cut = resume.get("cut")
+        if cut is not None:
+            engine = _finetuning(cut, type(engine), run_cfgs[0], device)
+        _restore(resume, engine, generators, remedies)
+        if cut is not None:
+            cut.model = engine.model
         start_epoch = resume["epoch"]
-        for i, last in resume["ended"].items():
-            histories[i].append(last)
+        for i, final in resume["ended"].items():
+            histories[i].append(final)
             results[i] = _ended(cfgs[i], histories[i], engine.trial(i), start_time)
         if report is not None and resume["ended"]:
             report(dict(resume["ended"]), None)
 
-    total = shared.total_epochs
-    for epoch in range(start_epoch + 1, total + 1):
+    for epoch in range(start_epoch + 1, last + 1):
         if len(results) == len(cfgs):
             break
-        factors = [lr_factor(c.train, epoch - 1) for c in run_cfgs]
+        # Training's schedule, then fine-tuning's own, counted from its first epoch.
+        phases = [(c.train, epoch - 1) if epoch <= total else (c.finetuning().train, epoch - 1 - total)
+                  for c in run_cfgs]
+        factors = [lr_factor(t, e) for t, e in phases]
         engine.set_lr_factors(factors)
         engine.model.train()
         loss_sum = torch.zeros(len(cfgs), device=device)
@@ -234,15 +260,21 @@ def _run(
             diverged = not math.isfinite(train_losses[i])
             seen[i] = model = engine.trial(i)
             revived = None if diverged else remedies[i].after_epoch(model, engine.optimizer, epoch, data)
-            lr = group_lrs(run_cfgs[i].train)["weights"] * factors[i]
-            measured[i] = measure_epoch(model, run_cfgs[i], data, epoch, lr, train_losses[i], diverged, revived)
+            lr = group_lrs(phases[i][0])["weights"] * factors[i]
+            measured[i] = measure_epoch(model, run_cfgs[i], data, epoch, lr, train_losses[i], diverged, revived,
+                                        cut=cut, remedied=remedies[i].acted_on(model) if epoch == last else None)
             histories[i].append(measured[i])
-        ending = {i: m for i, m in measured.items() if m.diverged or epoch == total}
+        if epoch == total < last and not measured[0].diverged:  # training is done: cut, then fine-tune
+            cut = explicit_cut(seen[0], run_cfgs[0].prune, data, run_cfgs[0].train.eval_batch_size)
+            engine = _finetuning(cut, type(engine), run_cfgs[0], device)
+            cut.model = engine.model
+        ending = {i: m for i, m in measured.items() if m.diverged or epoch == last}
         state = None
         # Of use while a trial trains on, or has ended well (at the last epoch).
         useful = not all(m.diverged for m in measured.values())
-        if checkpoint_every > 0 and due(epoch, checkpoint_every, total) and useful:
-            state = _snapshot(epoch, engine, generators, {**{i: r.final for i, r in results.items()}, **ending})
+        if checkpoint_every > 0 and due(epoch, checkpoint_every, last) and useful:
+            ended = {**{i: r.final for i, r in results.items()}, **ending}
+            state = _snapshot(epoch, engine, generators, ended, remedies, cut)
         if report is not None:
             report(measured, state)
         for i in ending:

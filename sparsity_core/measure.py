@@ -1,5 +1,6 @@
 """What a trial measures after an epoch, below the training loop: test loss and error, dead filters,
-per-filter snapshots, and the pruned network (`pruned_metrics`), as one `EpochMetrics`.
+per-filter snapshots, the pruned network (`pruned_metrics`, `explicit_cut`) and what a remedy's
+revived filters do (`sparsity.functional`), as one `EpochMetrics`.
 
 Every function takes a plain ConvNet (a solo trial's model, or one trial unpacked from a pack), so
 the two kinds of trial are measured by the same code.
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrialConfig
+from .config import PruneConfig, TrialConfig
 from .data import BatchLoader, ImageData
 from .metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics
 from .models import conv_blocks
@@ -24,13 +26,12 @@ from .prune import (
     count_flops,
     dead_keep_masks,
     inference_latency,
-    l1_norm_prune,
     prune_dead,
-    slim_prune,
+    prune_explicit,
 )
-from .sparsity import LayerFilters, dead_by_gamma, filter_stats
+from .sparsity import ACT_THRESHOLD, GAMMA_THRESHOLD, LayerFilters, dead_by_gamma, filter_stats, functional
 
-__all__ = ["due", "evaluate", "measure_epoch", "pruned_metrics"]
+__all__ = ["due", "evaluate", "measure_epoch", "pruned_metrics", "Cut", "explicit_cut"]
 
 # pruned_metrics runs at the end of every trial: up to 5 timed forwards per model, cut to about
 # 0.25 s of timing each (one warm-up forward), so a 1/8-width BasicNet on CPU spends ~1 s timing.
@@ -68,18 +69,38 @@ def measure_epoch(
     train_loss: float,
     diverged: bool,
     revived: dict[str, int] | None = None,
+    *,
+    cut: Cut | None = None,
+    remedied: Mapping[str, torch.Tensor] | None = None,
 ) -> EpochMetrics:
     """Everything measured after an epoch of training: test loss and error, dead filters by gamma;
     on `act_every` / `snapshot_every` epochs and the last one, per-filter stats (activations too);
-    on the last epoch, the pruned network."""
-    t, total = cfg.train, cfg.train.total_epochs
+    on the last epoch (`cfg.last_epoch`), the pruned network (`cut`: what an explicit pipeline cut
+    before fine-tuning `model`) and, with `remedied` (the filters a remedy revived or shifted, per
+    layer), which of them are alive and which recovered."""
+    t, last = cfg.train, cfg.last_epoch
     test_loss, test_err = (math.nan, math.nan) if diverged else evaluate(model, data, t.eval_batch_size)
-    measure_act = not diverged and due(epoch, t.act_every, total)
-    snapshot = measure_act or due(epoch, t.snapshot_every, total)
+    measure_act = not diverged and due(epoch, t.act_every, last)
+    snapshot = measure_act or due(epoch, t.snapshot_every, last)
     filters = filter_stats(model, data if measure_act else None, t.eval_batch_size) if snapshot else None
-    # The paper's practical claim, checked on every trial: remove the dead filters, re-test.
-    pruned = pruned_metrics(model, data, t.eval_batch_size) if epoch == total and not diverged else None
-    return _epoch_metrics(model, epoch, lr, train_loss, test_loss, test_err, filters, diverged, revived, pruned)
+    final = epoch == last and not diverged
+    # The paper's practical claim, checked on every trial: remove the dead filters (or prune as the
+    # trial's explicit method does), re-test.
+    pruned = _final_pruning(model, cfg.prune, data, t.eval_batch_size, cut) if final else None
+    remedy = (_remedied(model, data, filters, remedied, t.eval_batch_size)
+              if final and remedied is not None and filters is not None else None)
+    return _epoch_metrics(model, epoch, lr, train_loss, test_loss, test_err, filters, diverged, revived, pruned,
+                          remedy)
+
+
+def _remedied(model: nn.Module, data: ImageData, filters: dict[str, LayerFilters],
+              remedied: Mapping[str, torch.Tensor], batch_size: int) -> dict[str, tuple[int, int, int]]:
+    """Per layer: filters the remedy acted on, of those alive by the paper's thresholds, of those functional."""
+    alive = {name: (lf.gamma.abs() >= GAMMA_THRESHOLD) & (lf.max_act >= ACT_THRESHOLD)
+             for name, lf in filters.items() if lf.max_act is not None}
+    works = functional(model, data, filters, {name: remedied[name] & alive[name] for name in alive}, batch_size)
+    return {name: (int(remedied[name].sum()), int((remedied[name] & alive[name]).sum()), int(works[name].sum()))
+            for name in alive}
 
 
 def _epoch_metrics(
@@ -93,6 +114,7 @@ def _epoch_metrics(
     diverged: bool,
     revived: dict[str, int] | None,
     pruned: PruneMetrics | None,
+    remedy: dict[str, tuple[int, int, int]] | None,
 ) -> EpochMetrics:
     counts = dead_by_gamma(model)
     dead = dict(zip(counts, torch.stack(list(counts.values())).tolist()))  # one device sync
@@ -105,6 +127,7 @@ def _epoch_metrics(
             dead_act=None if filters is None or filters[name].dead_act is None
             else int(filters[name].dead_act.sum()),
             revived=None if revived is None else revived.get(name, 0),
+            **({} if remedy is None else dict(zip(_REMEDY_COUNTS, remedy[name]))),
         )
         for name in dead
     )
@@ -122,7 +145,11 @@ def _epoch_metrics(
         filters=None if filters is None else _filter_rows(filters),
         diverged=diverged,
         pruned=pruned,
+        **({} if remedy is None else {k: sum(getattr(layer, k) for layer in layers) for k in _REMEDY_COUNTS}),
     )
+
+
+_REMEDY_COUNTS = ("remedied", "remedied_alive", "recovered")
 
 
 def _filter_rows(filters: dict[str, LayerFilters]) -> tuple[FilterMetrics, ...]:
@@ -132,13 +159,33 @@ def _filter_rows(filters: dict[str, LayerFilters]) -> tuple[FilterMetrics, ...]:
     rows = []
     for name, lf in filters.items():
         n = len(lf.gamma)
-        rows += [FilterMetrics(name, i, g, b, m, u) for i, (g, b, m, u) in enumerate(zip(
-            lf.gamma.tolist(), lf.beta.tolist(), values(lf.max_act, n), values(lf.universality, n)))]
+        rows += [FilterMetrics(name, i, g, b, m, u, sd) for i, (g, b, m, u, sd) in enumerate(zip(
+            lf.gamma.tolist(), lf.beta.tolist(), values(lf.max_act, n), values(lf.universality, n),
+            values(lf.act_std, n)))]
     return tuple(rows)
 
 
 def _latency(model: nn.Module, x: torch.Tensor) -> float:
     return inference_latency(model, x, warmup=1, repeats=_LATENCY_REPEATS, budget_s=_LATENCY_BUDGET_S)
+
+
+def _removed_pct(keep: Mapping[str, torch.Tensor]) -> float:
+    return 100.0 * sum(int((~mask).sum()) for mask in keep.values()) / sum(mask.numel() for mask in keep.values())
+
+
+def _compared(trained: nn.Module, pruned: nn.Module, data: ImageData, eval_batch_size: int, **measured) -> PruneMetrics:
+    """PruneMetrics of `pruned` against the `trained` network it was cut from: conv weights and
+    FLOPs removed, and the speedup. Latency is timed on the model's device at batch
+    min(eval_batch_size, test-set size); FLOPs for one input of the data's shape."""
+    device = next(trained.parameters()).device
+    one = data.normalize(data.test_x[:1]).to(device)
+    batch = data.normalize(data.test_x[: min(eval_batch_size, len(data.test_y))]).to(device)
+    return PruneMetrics(
+        conv_params_pruned_pct=100.0 * (1 - conv_weight_count(pruned) / conv_weight_count(trained)),
+        flops_pruned_pct=100.0 * (1 - count_flops(pruned, one) / count_flops(trained, one)),
+        pruned_speedup=_latency(trained, batch) / _latency(pruned, batch),
+        **measured,
+    )
 
 
 def pruned_metrics(
@@ -149,32 +196,56 @@ def pruned_metrics(
     *,
     max_act: Mapping[str, torch.Tensor] | None = None,
 ) -> PruneMetrics:
-    """Prune `model`'s dead filters and measure what that costs and saves (see `PruneMetrics`).
-
-    Latency is timed on the model's device at batch min(eval_batch_size, test-set size); FLOPs for
-    one input of the data's shape. The L1-norm baseline removes as many filters in each layer, the
-    slimming baseline as many in the whole network. by="activation" measures max activations over
-    the training set unless `max_act` is given.
-    """
+    """Prune `model`'s dead filters and measure what that costs and saves (see `PruneMetrics`;
+    no fine-tuning, so `unfinetuned_test_err` is `pruned_test_err`). by="activation" measures max
+    activations over the training set unless `max_act` is given."""
     if by == "activation" and max_act is None:
         stats = filter_stats(model, data, eval_batch_size)
         max_act = {name: s.max_act for name, s in stats.items() if s.max_act is not None}
     pruned = prune_dead(model, by=by, max_act=max_act)
     _, pruned_err = evaluate(pruned, data, eval_batch_size)
-    keep = dead_keep_masks(model, by=by, max_act=max_act)
-    removed = {name: 1.0 - mask.float().mean().item() for name, mask in keep.items()}
-    total_removed = sum((~mask).sum().item() for mask in keep.values()) / sum(m.numel() for m in keep.values())
-    _, l1norm_err = evaluate(l1_norm_prune(model, removed), data, eval_batch_size)
-    _, slim_err = evaluate(slim_prune(model, total_removed), data, eval_batch_size)
-    device = next(model.parameters()).device
-    one = data.normalize(data.test_x[:1]).to(device)
-    batch = data.normalize(data.test_x[: min(eval_batch_size, len(data.test_y))]).to(device)
-    full_flops, pruned_flops = count_flops(model, one), count_flops(pruned, one)
-    return PruneMetrics(
-        pruned_test_err=pruned_err,
-        conv_params_pruned_pct=100.0 * (1 - conv_weight_count(pruned) / conv_weight_count(model)),
-        flops_pruned_pct=100.0 * (1 - pruned_flops / full_flops),
-        pruned_speedup=_latency(model, batch) / _latency(pruned, batch),
-        l1norm_pruned_test_err=l1norm_err,
-        slim_pruned_test_err=slim_err,
+    return _compared(
+        model, pruned, data, eval_batch_size, pruned_by=f"dead_{'act' if by == 'activation' else 'gamma'}",
+        filters_removed_pct=_removed_pct(dead_keep_masks(model, by=by, max_act=max_act)),
+        trained_test_err=evaluate(model, data, eval_batch_size)[1], unfinetuned_test_err=pruned_err,
+        pruned_test_err=pruned_err, finetuned=False,
+    )
+
+
+@dataclass
+class Cut:
+    """A trained network pruned by an explicit method, and what it was cut from: the training
+    loop fine-tunes `model`, and the last epoch measures it against `trained` (`pruned_metrics`)."""
+
+    method: str
+    trained: nn.Module  # not trained any further
+    model: nn.Module
+    keep: dict[str, torch.Tensor]  # per layer, the filters kept (CPU)
+    trained_test_err: float
+    unfinetuned_test_err: float
+
+
+def explicit_cut(model: nn.Module, prune: PruneConfig, data: ImageData, eval_batch_size: int) -> Cut:
+    """Prune the trained `model` as `prune` says (`prune_explicit`) and test it before and after."""
+    assert prune.fraction is not None  # PruneConfig requires one for an explicit method
+    example = data.normalize(data.test_x[:1]).to(next(model.parameters()).device)
+    pruned, keep = prune_explicit(model, prune.method, prune.fraction, example)
+    return Cut(prune.method, model, pruned.train(model.training), keep, evaluate(model, data, eval_batch_size)[1],
+               evaluate(pruned, data, eval_batch_size)[1])
+
+
+def _final_pruning(model: nn.Module, prune: PruneConfig, data: ImageData, eval_batch_size: int,
+                   cut: Cut | None) -> PruneMetrics:
+    """The last epoch's PruneMetrics: the dead filters removed (method none); an explicit method's
+    cut made now (no fine-tuning) or before the fine-tuning that left `model` (`cut`)."""
+    if not prune.explicit:
+        return pruned_metrics(model, data, eval_batch_size)
+    finetuned = cut is not None
+    cut = cut or explicit_cut(model, prune, data, eval_batch_size)
+    final = model if finetuned else cut.model
+    return _compared(
+        cut.trained, final, data, eval_batch_size, pruned_by=cut.method, filters_removed_pct=_removed_pct(cut.keep),
+        trained_test_err=cut.trained_test_err, unfinetuned_test_err=cut.unfinetuned_test_err,
+        pruned_test_err=evaluate(final, data, eval_batch_size)[1] if finetuned else cut.unfinetuned_test_err,
+        finetuned=finetuned,
     )

@@ -2,7 +2,8 @@
 
 `EpochMetrics` holds one epoch's measurements; its scalar fields are the per-epoch metrics, its
 `layers` one `LayerMetrics` per conv layer, its `filters` (on snapshot epochs) per-filter values and
-its `pruned` (last epoch only) the `PruneMetrics` of removing the dead filters. `to_record()` turns it
+its `pruned` (last epoch only) the `PruneMetrics` of the trial's pruning: its dead filters removed,
+or its explicit pruning pipeline (`config.PruneConfig`). `to_record()` turns it
 into plain Python values that cross process boundaries (a Ray Tune report); the orchestrator derives
 its Parquet schemas and column lists from these dataclasses' fields (`scalar_fields`), so a metric
 is named here and nowhere else.
@@ -29,6 +30,13 @@ class LayerMetrics:
     dead_gamma: int  # |gamma| < 1e-3
     dead_act: int | None = None  # max activation over the training set < 1e-12; where measured
     revived: int | None = None  # re-initialised (`revive`) or shifted (`psbn`) by a remedy this epoch
+    # The last epoch of a remedy that acts on filters (revive, psbn): the filters it revived or
+    # shifted during training, those of them alive by the paper's thresholds (|gamma| >= 1e-3 and
+    # max activation >= 1e-12), and those that do something (`sparsity.functional`: their output
+    # varies and the training loss depends on it), the only ones counted as recovered.
+    remedied: int | None = None
+    remedied_alive: int | None = None
+    recovered: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,19 +49,25 @@ class FilterMetrics:
     beta: float
     max_act: float | None  # over the training set, eval mode, fp32; where activations were measured
     universality: float | None  # fraction of training images on which it activates
+    act_std: float | None = None  # std of its output over the training set's images and positions
 
 
 @dataclass(frozen=True)
 class PruneMetrics:
-    """The trained network with its dead filters physically removed (`sparsity_core.prune`)."""
+    """The trained network pruned physically (`sparsity_core.prune`) and measured: its dead filters
+    removed (the paper's experiment, no fine-tuning), or an explicit method's fraction of its
+    filters removed and the result fine-tuned (`config.PruneConfig`). Every share is of the trained
+    network, and latency is compared with it."""
 
-    pruned_test_err: float  # % test error of the pruned network
+    pruned_test_err: float  # % test error of the pruned network as the method leaves it (after its fine-tuning)
     conv_params_pruned_pct: float  # % of conv weights removed
     flops_pruned_pct: float  # % of FLOPs of one forward removed
     pruned_speedup: float  # eval latency unpruned / pruned on the trial's device
-    # the explicit baselines removing as many filters from the same network, without fine-tuning
-    l1norm_pruned_test_err: float
-    slim_pruned_test_err: float
+    pruned_by: str  # what chose the filters: dead_gamma, dead_act, or the explicit method (slimming, l1norm)
+    filters_removed_pct: float  # % of all conv filters removed
+    trained_test_err: float  # % test error of the trained network, before any removal
+    unfinetuned_test_err: float  # % test error right after the removal, before any fine-tuning
+    finetuned: bool  # fine-tuned after the removal (the epochs' test_err then follow the pruned network)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class EpochMetrics:
     dead_gamma_pct: float  # % of all conv filters with |gamma| < 1e-3
     dead_act_pct: float | None = None  # only on epochs where activations were measured
     diverged: bool = False  # the training loss is NaN/inf; training stops after this epoch
+    # The last epoch, remedies that act on filters: LayerMetrics' remedied / remedied_alive / recovered, summed.
+    remedied: int | None = None
+    remedied_alive: int | None = None
+    recovered: int | None = None
     layers: tuple[LayerMetrics, ...] = ()
     filters: tuple[FilterMetrics, ...] | None = field(default=None, repr=False)  # snapshot epochs only
     pruned: PruneMetrics | None = None  # last epoch only

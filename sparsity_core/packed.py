@@ -287,6 +287,8 @@ def _shared_settings(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
 
 def _alone(remedy: Remedy, cfg: TrialConfig) -> str | None:
     """Why this trial can share a pack with no other, or None."""
+    if cfg.prune.explicit and cfg.prune.finetune_epochs:
+        return "it fine-tunes its own pruned network (prune.finetune_epochs > 0), which a pack cannot hold"
     if remedy.only_configures():
         return None
     packable = [name for name, build in REMEDIES.items() if build(cfg).only_configures()]

@@ -1,9 +1,10 @@
-"""Physical removal of conv filters from a `ConvNet`: the dead ones, and two pruning baselines.
+"""Physical removal of conv filters from a `ConvNet`: the dead ones (exactly), and the explicit
+pruning methods the paper compares with.
 
-One core, `remove_filters(model, keep)`, returns a smaller deep copy: each ConvBlock keeps the
-filters its mask keeps, the next conv (or, after the last conv, the classifier's first Linear) loses
-the matching input channels. `prune_dead` (the paper's experiment), `slim_prune` (network slimming,
-Liu et al. 2017) and `l1_norm_prune` (Li et al. 2017) only choose the masks. Beside the surgery,
+Dead filters. One core, `remove_filters(model, keep)`, returns a smaller deep copy: each ConvBlock
+keeps the filters its mask keeps, the next conv (or, after the last conv, the classifier's first
+Linear) loses the matching input channels, and a removed filter's constant output is folded into
+that next layer. `prune_dead` (the paper's experiment) only chooses the masks. Beside the surgery,
 what it saves: `conv_weight_count`, `count_flops`, `inference_latency` (a trial's pruned network is
 measured in `sparsity_core.measure`).
 
@@ -22,11 +23,21 @@ positive c (or a negative one under leaky ReLU) travels on: a max-pool keeps a c
 - into the classifier, the global average pool of a constant map is the constant, so the first
   Linear's bias gains W1[:, f] * c.
 Both are exact for any input size. A BN variant that is more than an affine map (the psBN
-remedy's `ShiftCompensatedBN`) supplies its own `zero_response()` and `select(keep)`.
+remedy's `ShiftCompensatedBN`) supplies its own `zero_response()` and `select(keep)`. This surgery
+is ours, not Torch-Pruning's: the folding needs the next layer's weights of the removed channels
+and a module (`ConstConv2d`) that Torch-Pruning does not know, as it does not know psBN's module.
 
-Graph surgery is done here rather than with Torch-Pruning: these networks are a plain chain
-(ConvBlocks and max-pools, a global pool, a Linear), and the folding needs the next layer's weights
-of the removed channels and a module (`ConstConv2d`) that Torch-Pruning does not know.
+Explicit methods (`EXPLICIT_METHODS`, the `prune.method` setting): network slimming (Liu et al.
+2017) removes the filters of smallest |gamma| over the whole network, L1-norm filter pruning (Li et
+al. 2017) those of smallest L1 weight norm in each layer. Both are done with Torch-Pruning where it
+fits: its importance criteria (`BNScaleImportance`; `MagnitudeImportance(p=1, group_reduction=
+"first")`, the L1 norm of the group's first layer, i.e. of the filter itself) scored on its
+dependency graph, and its graph surgery, which removes a filter from its conv and BN and its input
+channel from every layer that reads it (the next conv, or the Linear behind the global pool). Like
+the methods' papers, it drops the removed filters without folding anything: what they lose, their
+fine-tuning recovers. The ranking is ours (`_remove_smallest`): Torch-Pruning's global threshold
+removes every filter tied at it, and it skips a layer it would empty instead of keeping its best
+filter, so the counts would miss the target fraction.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -51,8 +64,10 @@ __all__ = [
     "remove_filters",
     "prune_dead",
     "dead_keep_masks",
-    "slim_prune",
-    "l1_norm_prune",
+    "ExplicitMethod",
+    "EXPLICIT_METHODS",
+    "explicit_keep_masks",
+    "prune_explicit",
     "zero_response",
     "conv_weight_count",
     "count_flops",
@@ -261,47 +276,95 @@ def prune_dead(
     return remove_filters(model, keep, fill=fill)
 
 
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio is the fraction of filters removed, in [0, 1]; got {ratio}")
+@dataclass(frozen=True)
+class ExplicitMethod:
+    """An explicit pruning method: Torch-Pruning's score of each filter, and where it is ranked."""
+
+    importance: Callable[[], tp.importance.Importance]
+    ranked: Literal["network", "layer"]  # over all filters at once, or within each layer
+
+
+EXPLICIT_METHODS: dict[str, ExplicitMethod] = {
+    # Liu et al.: the BN scale |gamma| (trained under L1), one global ranking.
+    "slimming": ExplicitMethod(lambda: tp.importance.BNScaleImportance(normalizer=None), "network"),
+    # Li et al.: the sum of a filter's absolute kernel weights, the same fraction from each layer.
+    "l1norm": ExplicitMethod(
+        lambda: tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None), "layer"),
+}
+
+
+def _remove_smallest(scores: torch.Tensor, n_remove: int) -> torch.Tensor:
+    """The keep mask without the n_remove lowest scores (ties broken by index)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep[torch.argsort(scores, stable=True)[:n_remove]] = False
+    return keep
+
+
+def _keep_masks(scores: Mapping[str, torch.Tensor], fraction: float, ranked: str) -> dict[str, torch.Tensor]:
+    """Remove round(fraction x filters) of the lowest scores, over the network or in each layer;
+    every layer keeps at least its best filter."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction is the share of filters removed, in (0, 1); got {fraction}")
+    if ranked == "layer":
+        return {name: _remove_smallest(s, min(round(fraction * s.numel()), s.numel() - 1))
+                for name, s in scores.items()}
+    # Each layer's best filter scores +inf, so it goes last (never, given the cap).
+    capped = []
+    for s in scores.values():
+        s = s.clone()
+        s[s.argmax()] = torch.inf
+        capped.append(s)
+    flat = torch.cat(capped)
+    keep = _remove_smallest(flat, min(round(fraction * flat.numel()), flat.numel() - len(capped)))
+    return dict(zip(scores, keep.split([s.numel() for s in capped]), strict=True))
+
+
+def _graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model` (a ConvNet), traced on one input `example`."""
+    if not isinstance(model, ConvNet):
+        raise TypeError(f"explicit pruning prunes a ConvNet, not a {type(model).__name__}")
+    with torch.enable_grad():  # it traces the forward through autograd
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def _filter_group(graph: tp.DependencyGraph, block: ConvBlock, idxs: list[int]) -> Any:
+    """The dependency group of removing filters `idxs` of a conv block (its conv's out channels)."""
+    return graph.get_pruning_group(block.conv, tp.prune_conv_out_channels, idxs=idxs)
 
 
 @torch.no_grad()
-def slim_prune(model: nn.Module, ratio: float) -> nn.Module:
-    """Network slimming: remove the globally smallest-|gamma| filters, round(ratio * all filters) of
-    them, capped so that every layer keeps its largest-|gamma| filter."""
-    _check_ratio(ratio)
-    gammas = {name: block.bn.weight.abs() for name, block in conv_blocks(model)}
-    # The largest |gamma| of each layer scores +inf, so it is removed last (never, given the cap).
-    scores = []
-    for gamma in gammas.values():
-        score = gamma.clone()
-        score[gamma.argmax()] = torch.inf
-        scores.append(score)
-    flat = torch.cat(scores)
-    n_remove = min(round(ratio * flat.numel()), flat.numel() - len(scores))
-    remove = torch.zeros_like(flat, dtype=torch.bool)
-    remove[torch.argsort(flat, stable=True)[:n_remove]] = True
-    parts = remove.split([g.numel() for g in gammas.values()])
-    keep = {name: ~part for name, part in zip(gammas, parts, strict=True)}
-    return remove_filters(model, keep)
+def _explicit_masks(model: nn.Module, graph: tp.DependencyGraph, method: str, fraction: float
+                    ) -> dict[str, torch.Tensor]:
+    if method not in EXPLICIT_METHODS:
+        raise ValueError(f"unknown explicit pruning method {method!r}; valid: {', '.join(EXPLICIT_METHODS)}")
+    spec = EXPLICIT_METHODS[method]
+    importance = spec.importance()
+    scores = {name: importance(_filter_group(graph, block, list(range(block.conv.out_channels)))).float().cpu()
+              for name, block in conv_blocks(model)}
+    return _keep_masks(scores, fraction, spec.ranked)
+
+
+def explicit_keep_masks(model: nn.Module, method: str, fraction: float, example: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """Per layer, the keep mask (CPU) of explicit `method` removing `fraction` of `model`'s filters;
+    `example`: one input, for tracing the model."""
+    return _explicit_masks(model, _graph(model, example), method, fraction)
 
 
 @torch.no_grad()
-def l1_norm_prune(model: nn.Module, ratio: float | Mapping[str, float]) -> nn.Module:
-    """Li et al.: in each layer remove the round(ratio * n_filters) filters of smallest L1 weight norm
-    (at most n_filters - 1). `ratio` is one fraction for all layers or one per layer name (a layer
-    left out keeps every filter)."""
-    keep = {}
-    for name, block in conv_blocks(model):
-        r = ratio.get(name, 0.0) if isinstance(ratio, Mapping) else ratio
-        _check_ratio(r)
-        l1 = block.conv.weight.abs().sum(dim=(1, 2, 3))
-        n_remove = min(round(r * l1.numel()), l1.numel() - 1)
-        mask = torch.ones_like(l1, dtype=torch.bool)
-        mask[torch.argsort(l1, stable=True)[:n_remove]] = False
-        keep[name] = mask
-    return remove_filters(model, keep)
+def prune_explicit(model: nn.Module, method: str, fraction: float, example: torch.Tensor
+                   ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A smaller deep copy of `model` with `fraction` of its filters removed by `method`
+    (`EXPLICIT_METHODS`; Torch-Pruning's surgery: removed filters are dropped, nothing folded), and
+    the keep masks (CPU) it applied. `example`: one input, for tracing the model."""
+    pruned = copy.deepcopy(model)
+    graph = _graph(pruned, example)
+    keep = _explicit_masks(pruned, graph, method, fraction)
+    for name, block in conv_blocks(pruned):
+        removed = (~keep[name]).nonzero().flatten().tolist()
+        if removed:
+            _filter_group(graph, block, removed).prune()
+    return pruned, keep
 
 
 def conv_weight_count(model: nn.Module) -> int:

@@ -6,6 +6,8 @@ Each remedy is looked up by name in `REMEDIES` (the `remedy` setting):
   supplement finds it lowers sparsity only slightly.
 - `gamma_lr_scale`: BN gamma trains at 0.1 x the LR (the paper's remedy), unless the config already
   sets its own scale.
+  These two only change settings (`config.REMEDY_SETTINGS`, applied by `TrialConfig.as_trained`), so
+  they are the base `Remedy` here and a results row's settings show what they trained.
 - `revive`: RandomOut-style; every `revive_every` epochs each filter dead by gamma is re-initialised
   (see `revive_dead_filters`).
 - `psbn`: this project's reading of post-shifted BN (see `ShiftCompensatedBN`); every
@@ -14,7 +16,8 @@ Each remedy is looked up by name in `REMEDIES` (the `remedy` setting):
 `revive` and `psbn` act after every `revive_every`-th epoch except the last (a filter re-initialised
 then would be measured untrained). `after_epoch` returns, per layer, the filters revived (`revive`)
 or newly shifted (`psbn`) on the epochs where the remedy acted (the `revived` column), and None on
-the others.
+the others. `acted_on` gives the filters revived or shifted so far, whose function the end of the
+trial measures (`sparsity_core.sparsity.functional`): a filter is only recovered if it does something.
 """
 
 from __future__ import annotations
@@ -26,15 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig, TrialConfig
+from .config import TrialConfig
 from .data import ImageData
 from .models import conv_blocks
 from .sparsity import GAMMA_THRESHOLD
 
 __all__ = [
     "Remedy",
-    "LeakyReluRemedy",
-    "GammaLrScaleRemedy",
     "ReviveRemedy",
     "PsbnRemedy",
     "ShiftCompensatedBN",
@@ -42,23 +43,17 @@ __all__ = [
     "REMEDIES",
     "build_remedy",
     "configured",
-    "PAPER_GAMMA_LR_SCALE",
     "PSBN_SHIFT",
 ]
 
-# The supplement's gamma LR scale: 46% -> 33% dead filters (Table 3, CIFAR-100, Adam, L2 1e-4).
-PAPER_GAMMA_LR_SCALE = 0.1
 # Pre-activation given to a shifted filter's trainable branch: one standard deviation of a fresh
 # filter's pre-activation (gamma init 1), so with |gamma| < 1e-3 it stays positive for |x_hat| < 1000.
 PSBN_SHIFT = 1.0
 
 
 class Remedy:
-    """Hooks of the training loop; the base class is the `none` remedy."""
-
-    def configure(self, cfg: TrialConfig) -> TrialConfig:
-        """The config actually trained (a remedy may set, e.g., the activation)."""
-        return cfg
+    """Hooks of the training loop; the base class is the `none` remedy (and those that only set
+    settings, see the module doc)."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Called once, before the optimizer is built."""
@@ -71,30 +66,28 @@ class Remedy:
         on the epochs where the remedy acted, else None."""
         return None
 
+    def acted_on(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Per layer, a bool mask (on the CPU) of the filters revived or shifted so far; None for a
+        remedy that acts on no filter."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the remedy keeps between epochs beyond the model (a checkpoint holds it)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output."""
+
     @classmethod
     def only_configures(cls) -> bool:
-        """Whether `configure` is the only hook it overrides: it then changes what is trained and
-        nothing else, so its trial can share a pack, which has no model or optimizer of a trial's
-        own for the other hooks to act on."""
+        """Whether it overrides none of the hooks: its whole effect is then the settings it sets
+        (`config.REMEDY_SETTINGS`), so its trial can share a pack, which has no model or optimizer
+        of a trial's own for the hooks to act on."""
         return all(getattr(cls, hook) is getattr(Remedy, hook) for hook in _MODEL_HOOKS)
 
 
-# The hooks that act on a trial's own model or optimizer: every public method of Remedy but these two.
-_MODEL_HOOKS = tuple(name for name in vars(Remedy) if not name.startswith("_")
-                     and name not in ("configure", "only_configures"))
-
-
-class LeakyReluRemedy(Remedy):
-    def configure(self, cfg: TrialConfig) -> TrialConfig:
-        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"activation": "leaky_relu"})})
-
-
-class GammaLrScaleRemedy(Remedy):
-    def configure(self, cfg: TrialConfig) -> TrialConfig:
-        # A non-default scale is the sweep's own choice (e.g. a scale grid): keep it.
-        if cfg.train.gamma_lr_scale != TrainConfig.model_fields["gamma_lr_scale"].default:
-            return cfg
-        return cfg.model_copy(update={"train": cfg.train.model_copy(update={"gamma_lr_scale": PAPER_GAMMA_LR_SCALE})})
+# The hooks that act on a trial's own model, optimizer or filters: every public method of Remedy but this one.
+_MODEL_HOOKS = tuple(name for name in vars(Remedy) if not name.startswith("_") and name != "only_configures")
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -118,7 +111,6 @@ def _reset_optimizer_rows(
             value.masked_fill_(_rows(mask, value), start)
 
 
-@torch.no_grad()
 def revive_dead_filters(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -134,6 +126,15 @@ def revive_dead_filters(
     running statistics 0 / 1, and fresh optimizer state for those rows. The next layer's weights
     for its channel are left as they are, as in RandomOut.
     """
+    revived = _revive(model, optimizer, gamma_init, beta_init, threshold)
+    counts = torch.stack([mask.sum() for mask in revived.values()]).tolist()  # one device sync
+    return dict(zip(revived, counts))
+
+
+@torch.no_grad()
+def _revive(model: nn.Module, optimizer: torch.optim.Optimizer, gamma_init: float, beta_init: float,
+            threshold: float) -> dict[str, torch.Tensor]:
+    """`revive_dead_filters`, returning the revived filters' masks per layer (on the model's device)."""
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     gain = nn.init.calculate_gain("relu")
     dead: dict[str, torch.Tensor] = {}
@@ -150,8 +151,7 @@ def revive_dead_filters(
         for param in (conv.weight, bn.weight, bn.bias):
             _reset_optimizer_rows(optimizer, param, mask, group_of[id(param)])
         dead[name] = mask
-    counts = torch.stack([mask.sum() for mask in dead.values()]).tolist()  # one device sync
-    return dict(zip(dead, counts))
+    return dead
 
 
 def _acts(epoch: int, every: int, last: int) -> bool:
@@ -161,13 +161,29 @@ def _acts(epoch: int, every: int, last: int) -> bool:
 class ReviveRemedy(Remedy):
     def __init__(self, every: int, last: int, gamma_init: float = 1.0, beta_init: float = 0.0):
         self.every, self.last, self.gamma_init, self.beta_init = every, last, gamma_init, beta_init
+        self.revived: dict[str, torch.Tensor] = {}  # per layer, every filter revived so far (CPU)
 
     def after_epoch(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, data: ImageData
     ) -> dict[str, int] | None:
         if not _acts(epoch, self.every, self.last):
             return None
-        return revive_dead_filters(model, optimizer, gamma_init=self.gamma_init, beta_init=self.beta_init)
+        revived = _revive(model, optimizer, self.gamma_init, self.beta_init, GAMMA_THRESHOLD)
+        flat = torch.cat(list(revived.values())).cpu()  # one device sync
+        masks = dict(zip(revived, flat.split([mask.numel() for mask in revived.values()]), strict=True))
+        for name, mask in masks.items():
+            self.revived[name] = self.revived[name] | mask if name in self.revived else mask
+        return {name: int(mask.sum()) for name, mask in masks.items()}
+
+    def acted_on(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        sizes = {name: block.bn.num_features for name, block in conv_blocks(model)}
+        return {name: self.revived.get(name, torch.zeros(n, dtype=torch.bool)) for name, n in sizes.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"revived": dict(self.revived)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.revived = dict(state["revived"])
 
 
 class ShiftCompensatedBN(nn.BatchNorm2d):
@@ -317,11 +333,15 @@ class PsbnRemedy(Remedy):
             counts[name] = block.bn.shift_collapsed_()
         return counts
 
+    def acted_on(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        # A shifted filter keeps its shift (a buffer, so checkpoints hold it): the model says which.
+        return {name: (block.bn.shift != 0).cpu() for name, block in conv_blocks(model)}
+
 
 REMEDIES: dict[str, Callable[[TrialConfig], Remedy]] = {
     "none": lambda cfg: Remedy(),
-    "leaky_relu": lambda cfg: LeakyReluRemedy(),
-    "gamma_lr_scale": lambda cfg: GammaLrScaleRemedy(),
+    "leaky_relu": lambda cfg: Remedy(),
+    "gamma_lr_scale": lambda cfg: Remedy(),
     "revive": lambda cfg: ReviveRemedy(cfg.train.revive_every, cfg.train.total_epochs,
                                        cfg.model.gamma_init, cfg.model.beta_init),
     "psbn": lambda cfg: PsbnRemedy(cfg.train.revive_every, cfg.train.total_epochs),
@@ -333,6 +353,5 @@ def build_remedy(cfg: TrialConfig) -> Remedy:
 
 
 def configured(cfg: TrialConfig) -> tuple[Remedy, TrialConfig]:
-    """The trial's remedy and the config it actually trains (its `configure`, run once here)."""
-    remedy = build_remedy(cfg)
-    return remedy, remedy.configure(cfg)
+    """The trial's remedy and the config it actually trains (`TrialConfig.as_trained`)."""
+    return build_remedy(cfg), cfg.as_trained()

@@ -8,21 +8,21 @@ from typing import Any
 import polars as pl
 
 from orchestrator import results
-from orchestrator.store import TABLES
+from orchestrator.store import TABLES, TRIAL_METRICS
 from sparsity_core.config import TrialConfig, alias_paths
 
 
 def trial_row(status: str = "ok", **settings: Any) -> dict[str, Any]:
     """A trials-table row of a real TrialConfig (settings by alias; metrics by name)."""
-    metrics = {k: settings.pop(k) for k in list(settings) if k in results.METRICS}
+    metrics = {k: settings.pop(k) for k in list(settings) if k in TRIAL_METRICS}
     seed = settings.pop("seed", 0)
-    sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
+    sections: dict[str, dict[str, Any]] = {}
     for alias, value in settings.items():
         section, leaf = alias_paths()[alias].split(".")
-        sections[section][leaf] = value
+        sections.setdefault(section, {})[leaf] = value
     cfg = TrialConfig.model_validate({**sections, "seed": seed})
     return {"trial_id": cfg.trial_id, "sweep": "t", "status": status, **cfg.flat(), "epochs_run": 2,
-            **{m: None for m in results.METRICS}, **metrics, "code_version": "v1",
+            **{m: None for m in TRIAL_METRICS}, **metrics, "code_version": "v1",
             "config_json": cfg.model_dump_json()}
 
 

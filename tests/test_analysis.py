@@ -191,3 +191,47 @@ def test_pareto_seed_points_and_a_one_point_front(two_configs) -> None:
     front = next(t for t in fig.data if t.name.startswith("Pareto front"))
     assert front.mode == "lines+markers" and len(front.x) == 1  # adam alone: still drawn, as a ring
     assert next(t for t in fig.data if t.name == "each seed").marker.opacity < 1
+
+
+def _pruned_trial(seed: int, flops: float, err: float, finetuned: bool = False, **settings: Any) -> dict[str, Any]:
+    method = settings.get("method", "none")
+    return trial_row(seed=seed, flops_pruned_pct=flops, pruned_test_err=err, conv_params_pruned_pct=flops + 5,
+                     filters_removed_pct=flops / 2, trained_test_err=2.0, pruned_speedup=1.5, finetuned=finetuned,
+                     pruned_by="dead_gamma" if method == "none" else method, **settings)
+
+
+def test_pruning_table_and_figure_on_planted_trials() -> None:
+    implicit = {"optimizer": "adam", "reg": "l2"}
+    l1 = {"optimizer": "sgd", "reg": "l2", "strength": 5e-4, "method": "l1norm", "finetune_epochs": 2}
+    rows = [
+        _pruned_trial(0, 10.0, 2.0, **implicit, strength=1e-3), _pruned_trial(1, 14.0, 2.4, **implicit, strength=1e-3),
+        _pruned_trial(0, 4.0, 1.8, **implicit, strength=1e-4), _pruned_trial(1, 6.0, 1.6, **implicit, strength=1e-4),
+        _pruned_trial(0, 50.0, 3.0, True, **l1, fraction=0.5), _pruned_trial(1, 50.0, 3.5, True, **l1, fraction=0.5),
+        _pruned_trial(0, 30.0, 2.5, True, **l1, fraction=0.3),
+        # results of 0.1.0: no filters_removed_pct, no finetuned
+        {**trial_row(seed=0, optimizer="amsgrad", reg="l2", strength=1e-3, flops_pruned_pct=1.0, pruned_test_err=3.0)},
+        trial_row("failed", seed=2, **implicit, strength=1e-3),
+    ]
+    table = figures.pruning_table(frame(rows, "trials"))
+    assert table.columns[:4] == ["method", "curve", "configuration", "dataset"]
+    assert table["curve"].to_list() == ["implicit"] * 3 + ["l1norm (fine-tuned)"] * 2  # one network: no suffix
+    strong = table.filter(pl.col("configuration").str.contains("optimizer=adam strength=0.001"))
+    row = strong.row(0, named=True)
+    assert (row["flops_removed_pct"], row["test_err"], row["test_err_min"], row["test_err_max"], row["seeds"]) == \
+        (12.0, pytest.approx(2.2), 2.0, 2.4, 2)  # the failed seed left out
+    assert row["conv_params_removed_pct"] == 17.0 and row["filters_removed_pct"] == 6.0 and not row["finetuned"]
+    old = table.filter(pl.col("configuration").str.contains("amsgrad")).row(0, named=True)
+    assert old["filters_removed_pct"] is None and old["finetuned"] is False and old["method"] == "implicit"
+    l1_rows = table.filter(pl.col("method") == "l1norm")
+    assert l1_rows["flops_removed_pct"].to_list() == [30.0, 50.0] and l1_rows["finetuned"].all()
+    assert l1_rows["fraction"].to_list() == [0.3, 0.5] and l1_rows["seeds"].to_list() == [1, 2]
+    fig = plots.pruning_figure(table)
+    curves = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in curves] == ["implicit", "l1norm (fine-tuned)"]
+    assert list(curves[1].x) == [30.0, 50.0] and list(curves[1].error_y.array) == [0.0, 0.25]
+    assert sum(t.fill == "toself" for t in fig.data) == 2  # a band of seeds per curve
+    # several networks: each curve names its own
+    vgg = _pruned_trial(0, 40.0, 5.0, **implicit, strength=1e-3, model="vgg16")
+    curves = set(figures.pruning_table(frame([*rows, vgg], "trials"))["curve"])
+    assert {"implicit model=basicnet", "implicit model=vgg16", "l1norm (fine-tuned) model=basicnet"} == curves
+    assert "no pruning measured" in plots.pruning_figure(table.clear()).layout.annotations[0].text

@@ -169,9 +169,67 @@ def test_claim8_counts_only_configurations_with_filters_removed() -> None:
     assert nothing["status"] == "not testable" and nothing["note"] == "0 of 1 configurations had dead filters removed"
 
 
-def test_claim10_waits_for_the_explicit_pruning_pipelines() -> None:
-    row = verdict(seeds([(ADAM_L2, [50.0])]), 10)
-    assert row["status"] == "not testable" and "not testable yet" in row["evidence"]
+def _pruned(settings: dict, flops: list[float], errors: list[float]) -> list[dict]:
+    """Trial rows of one configuration: per seed, its % FLOPs removed and pruned test error."""
+    return [trial_row(**settings, seed=s, flops_pruned_pct=f, pruned_test_err=e, dead_gamma_pct=10.0)
+            for s, (f, e) in enumerate(zip(flops, errors))]
+
+
+SLIM = {"optimizer": "sgd", "reg": "l1_gamma", "strength": 1e-4, "method": "slimming"}
+L1 = {"optimizer": "sgd", "reg": "l2", "strength": 5e-4, "method": "l1norm"}
+
+
+def test_claim10_compares_at_matched_test_error() -> None:
+    implicit = _pruned(ADAM_L2, [60, 62, 64], [2.0, 2.1, 2.2])
+    explicit = (_pruned({**L1, "fraction": 0.3}, [20, 21, 22], [2.3, 2.5, 2.4])  # matched: err 2.4 <= 2.1 + 0.5
+                + _pruned({**L1, "fraction": 0.6}, [45, 46, 47], [4.0, 4.2, 4.1])  # too inaccurate to match
+                + _pruned({**SLIM, "fraction": 0.5, "finetune_epochs": 5}, [55, 57, 59], [2.4, 2.5, 2.6]))
+    row = verdict(implicit + explicit, 10)
+    assert row["status"] == "holds", row["evidence"]
+    by_method = {c["comparison"].split(" vs ")[1].split()[0]: c for c in row["comparisons"]}
+    l1, slim = by_method["l1norm"], by_method["slimming"]
+    assert "fraction=0.3" in l1["comparison"] and l1["right_mean"] == 21.0 and l1["effect"] == 41.0
+    assert l1["test"] == "implicit - 2 x l1norm > 0" and l1["tested"] == pytest.approx(62 - 42)
+    assert slim["test"] == "implicit - slimming > -10" and slim["effect"] == pytest.approx(5.0)
+    assert slim["interval"] == "welch" and slim["status"] == "holds"
+    # An implicit point that removes little fails against L1-norm at the same error
+    little = _pruned(ADAM_L2, [10, 11, 12], [2.0, 2.1, 2.2])
+    assert verdict(little + explicit, 10)["status"] == "fails"
+
+
+def test_claim10_needs_a_match_on_the_same_network() -> None:
+    implicit = _pruned(ADAM_L2, [60, 62, 64], [2.0, 2.1, 2.2])
+    worse = _pruned({**L1, "fraction": 0.6}, [45, 46, 47], [4.0, 4.2, 4.1])
+    row = verdict(implicit + worse, 10)
+    assert row["status"] == "not testable" and "within 0.5 points" in row["evidence"]
+    assert "l1norm at" in row["note"]
+    other_net = _pruned({**L1, "fraction": 0.3, "model": "vgg11"}, [20, 21, 22], [2.3, 2.5, 2.4])
+    assert "same network" in verdict(implicit + other_net, 10)["evidence"]
+    assert verdict(seeds([(ADAM_L2, [50.0])]), 10)["status"] == "not testable"
+
+
+def test_explicit_pipelines_stay_out_of_claims_1_to_8() -> None:
+    """A pipeline's last epoch measures its pruned, fine-tuned network: not a trained network's sparsity."""
+    sgd = {**ADAM_L2, "optimizer": "sgd"}
+    rows = seeds([(ADAM_L2, [80, 82, 84]), (sgd, [20, 22, 24]),
+                  ({**ADAM_L2, "method": "l1norm", "fraction": 0.5}, [1, 2, 3]),
+                  ({**sgd, "method": "l1norm", "fraction": 0.5}, [90, 91, 92])])
+    row = verdict(rows, 1)
+    assert row["status"] == "holds" and len(row["comparisons"]) == 1
+
+
+def test_a_remedy_that_only_sets_settings_pairs_as_those_settings() -> None:
+    """Rows record the settings trained: `remedy: leaky_relu` has activation leaky_relu, and is claim 5's
+    comparison against ReLU; `remedy: gamma_lr_scale` (gamma_lr_scale 0.1) is claim 6's."""
+    leaky = {**ADAM_L2, "remedy": "leaky_relu", "activation": "leaky_relu"}
+    row = verdict(seeds([(ADAM_L2, [47.0, 47.5, 48.0]), (leaky, [41.0, 41.5, 42.0])]), 5)
+    assert row["status"] == "holds" and len(row["comparisons"]) == 1
+    scaled = {**ADAM_L2, "remedy": "gamma_lr_scale", "gamma_lr_scale": 0.1}
+    row = verdict(seeds([(ADAM_L2, [45.0, 46.0, 47.0]), (scaled, [32.0, 33.0, 34.0])]), 6)
+    assert row["status"] == "holds" and len(row["comparisons"]) == 1
+    # a remedy that acts on the model is not its settings: revive is compared with nothing here
+    revive = {**ADAM_L2, "remedy": "revive", "activation": "leaky_relu"}
+    assert verdict(seeds([(ADAM_L2, [47.0, 47.5, 48.0]), (revive, [41.0, 41.5, 42.0])]), 5)["status"] == "not testable"
 
 
 # --- claim 9: the low-gradient simulation ----------------------------------------------------------

@@ -36,6 +36,9 @@ def _snapshot(folder):
         (TINY, ["--set", "train.epochs"], "expected KEY=VALUE"),
         (TINY, ["--set", "train.epochs=-3"], "train.epochs: Input should be greater than 0"),
         (TINY, ["--set", "nonsense.key=1"], "unknown key"),
+        (TINY, ["--set", "method=l1norm", "--set", "fraction=1.5"], "prune.fraction: Input should be less than 1"),
+        (TINY, ["--set", "method=pruned"], "unknown pruning method 'pruned'"),
+        (TINY, ["--set", "method=slimming", "--set", "fraction=0.5"], "set train.reg: l1_gamma"),
         (TINY, ["--address", "127.0.0.1:1"], "unreachable"),
     ],
 )

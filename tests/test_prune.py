@@ -1,9 +1,9 @@
-"""Physical filter removal: exact eval equivalence with planted dead filters, counts, baselines."""
+"""Physical filter removal: exact eval equivalence with planted dead filters, counts; the explicit
+methods (network slimming, L1-norm) on planted networks."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -17,10 +17,10 @@ from sparsity_core.prune import (
     conv_weight_count,
     count_flops,
     dead_keep_masks,
-    l1_norm_prune,
+    explicit_keep_masks,
     prune_dead,
+    prune_explicit,
     remove_filters,
-    slim_prune,
 )
 from sparsity_core.sparsity import filter_stats
 
@@ -196,51 +196,91 @@ def test_pruned_metrics(by):
     net.train()
     metrics = pruned_metrics(net, data, eval_batch_size=32, by=by)
     assert net.training  # restored after the eval-mode measurements
-    assert all(isinstance(v, float) for v in dataclasses.astuple(metrics))
-    assert metrics.pruned_test_err == evaluate(net, data, 32)[1]
+    assert metrics.pruned_by == f"dead_{'gamma' if by == 'gamma' else 'act'}" and not metrics.finetuned
+    assert metrics.pruned_test_err == metrics.unfinetuned_test_err == metrics.trained_test_err \
+        == evaluate(net, data, 32)[1]
     assert 0 < metrics.flops_pruned_pct < 100 and metrics.pruned_speedup > 0
     max_act = {name: st.max_act for name, st in filter_stats(net, data, batch_size=32).items()}
     keep = dead_keep_masks(net, by=by, max_act=max_act)
-    per_layer = {name: 1 - mask.float().mean().item() for name, mask in keep.items()}
-    assert metrics.l1norm_pruned_test_err == evaluate(l1_norm_prune(net, per_layer), data, 32)[1]
+    removed = sum(int((~mask).sum()) for mask in keep.values())
+    assert metrics.filters_removed_pct == pytest.approx(100 * removed / sum(m.numel() for m in keep.values()))
     if by == "gamma":
         pruned = prune_dead(net)
         expected = 100 * (1 - conv_weight_count(pruned) / conv_weight_count(net))
         assert metrics.conv_params_pruned_pct == pytest.approx(expected)
 
 
-def test_slim_prune_removes_the_globally_smallest_gammas():
+def _example(cin: int = 3, size: int = 32) -> torch.Tensor:
+    return torch.randn(1, cin, size, size, generator=torch.Generator().manual_seed(5))
+
+
+def test_slimming_removes_the_globally_smallest_gammas():
     torch.manual_seed(0)
     net = _randomized(BasicNet(num_classes=10, in_channels=3, width=0.125))
     gammas = {name: block.bn.weight.detach().abs().clone() for name, block in conv_blocks(net)}
     total = sum(g.numel() for g in gammas.values())  # 232 filters at width 1/8
-    pruned = slim_prune(net, 0.4)
+    pruned, keep = prune_explicit(net, "slimming", 0.4, _example())
     assert sum(_widths(pruned)) == total - round(0.4 * total)
     kept = torch.cat([block.bn.weight.abs() for _, block in conv_blocks(pruned)])
-    threshold = kept.min()
-    removed = sum(int((g < threshold).sum()) for g in gammas.values())
-    assert removed == round(0.4 * total)
-    # At ratio 1 every layer keeps exactly its largest-|gamma| filter.
-    slim = slim_prune(net, 1.0)
+    assert sum(int((g < kept.min()).sum()) for g in gammas.values()) == round(0.4 * total)
+    for (name, block), g in zip(conv_blocks(pruned), gammas.values(), strict=True):
+        assert torch.equal(block.bn.weight.detach().abs(), g[keep[name]])  # Torch-Pruning's surgery, our masks
+    # Near 1 every layer keeps exactly its largest-|gamma| filter.
+    slim, _ = prune_explicit(net, "slimming", 0.999, _example())
     assert _widths(slim) == [1] * len(gammas)
     for (_, block), g in zip(conv_blocks(slim), gammas.values(), strict=True):
         assert block.bn.weight.abs().item() == g.max().item()
+    assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_l1_norm_prune_hits_per_layer_ratios():
+def test_l1norm_removes_the_same_fraction_of_each_layer_by_filter_norm():
     torch.manual_seed(0)
     net = _randomized(BasicNet(num_classes=10, in_channels=3, width=0.125))
     widths = _widths(net)
-    assert _widths(l1_norm_prune(net, 0.5)) == [n - round(0.5 * n) for n in widths]
-    ratios = {"C1": 0.25, "C6": 0.75, "C7": 1.0}
-    pruned = l1_norm_prune(net, ratios)
-    assert _widths(pruned) == [6, 16, 16, 32, 32, 16, 1]
-    # The kept C6 filters are the largest by L1 norm.
-    c6_full = dict(conv_blocks(net))["C6"].conv.weight.abs().sum(dim=(1, 2, 3))
+    pruned, keep = prune_explicit(net, "l1norm", 0.5, _example())
+    assert _widths(pruned) == [n - round(0.5 * n) for n in widths]
+    # The kept C6 filters are the largest by L1 norm, their inputs those C5 kept.
+    full = dict(conv_blocks(net))
+    c6_full = full["C6"].conv.weight.abs().sum(dim=(1, 2, 3))
     c6_kept = dict(conv_blocks(pruned))["C6"].conv.weight
-    assert c6_kept.shape[1] == widths[4]  # inputs untouched: C5 kept all its filters
-    kept_l1 = c6_kept.abs().sum(dim=(1, 2, 3))
-    torch.testing.assert_close(kept_l1.sort().values, c6_full.sort().values[-16:])
+    torch.testing.assert_close(c6_kept.abs().sum(dim=(1, 2, 3)).sort().values,
+                               full["C6"].conv.weight[:, keep["C5"]].abs().sum(dim=(1, 2, 3))[keep["C6"]].sort().values)
+    assert set(c6_full.argsort()[-int(keep["C6"].sum()):].tolist()) == set(keep["C6"].nonzero().flatten().tolist())
+    assert pruned.classifier[0].in_features == int(keep["C7"].sum())  # the Linear behind the global pool
+
+
+def test_explicit_masks_differ_from_the_dead_set():
+    """Dead filters (gamma 0) with large weights and weak, live filters (small gamma, small weights):
+    slimming takes the dead and then the weak ones, L1-norm the weak ones and not the dead."""
+    torch.manual_seed(0)
+    net = _randomized(BasicNet(num_classes=10, in_channels=3, width=0.125))
+    with torch.no_grad():
+        for _, block in conv_blocks(net):
+            block.bn.weight[:2] = 0.0  # dead by gamma
+            block.conv.weight[:2] *= 10.0  # ... with the layer's largest kernels
+            block.bn.weight[2:4] = 0.05  # weak but alive
+            block.conv.weight[2:4] *= 0.01  # ... with the smallest kernels
+    dead = dead_keep_masks(net)
+    n_dead = sum(int((~m).sum()) for m in dead.values())
+    slim = explicit_keep_masks(net, "slimming", 0.25, _example())
+    l1 = explicit_keep_masks(net, "l1norm", 0.25, _example())
+    for name, mask in dead.items():
+        assert mask[:2].tolist() == [False, False] and mask[2:].all()
+        assert not slim[name][:2].any()  # slimming takes every dead filter ...
+        assert l1[name][:2].all()  # ... L1-norm none: their kernels are the largest
+    assert sum(int((~m).sum()) for m in slim.values()) == round(0.25 * 232) > n_dead  # ... and more than those
+    assert not all(torch.equal(slim[n], dead[n]) for n in dead) and not all(torch.equal(l1[n], dead[n]) for n in dead)
+    assert all(not l1[name][2:4].any() for name in ("C3", "C4", "C5", "C6", "C7"))  # the weak ones go first
+
+
+def test_explicit_pruning_refuses_what_it_cannot_prune():
+    net = BasicNet(num_classes=10, in_channels=3, width=0.125)
+    with pytest.raises(ValueError, match="unknown explicit pruning method"):
+        explicit_keep_masks(net, "random", 0.5, _example())
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        prune_explicit(net, "l1norm", 1.0, _example())
+    with pytest.raises(TypeError, match="ConvNet"):
+        prune_explicit(nn.Sequential(nn.Conv2d(3, 4, 3)), "l1norm", 0.5, _example())
 
 
 def test_remove_filters_leaves_the_input_model_alone():

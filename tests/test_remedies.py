@@ -20,7 +20,7 @@ from sparsity_core.remedies import (
     PsbnRemedy,
     ReviveRemedy,
     ShiftCompensatedBN,
-    build_remedy,
+    configured,
     revive_dead_filters,
 )
 
@@ -58,17 +58,27 @@ def test_a_remedy_packs_when_it_only_configures_the_trial():
 
 def test_leaky_relu_keeps_the_configured_slope():
     cfg = TrialConfig.model_validate({"model": {"negative_slope": 0.2}, "train": {"remedy": "leaky_relu"}})
-    run = build_remedy(cfg).configure(cfg)
+    run = cfg.as_trained()
     assert run.model.activation == "leaky_relu" and run.model.negative_slope == 0.2
     assert run.train == cfg.train and run.dataset == cfg.dataset
     assert cfg.model.activation == "relu"  # the original is untouched
+    assert configured(cfg)[1] == run
 
 
 def test_gamma_lr_scale_is_the_papers_unless_set():
     cfg = TrialConfig.model_validate({"train": {"remedy": "gamma_lr_scale"}})
-    assert build_remedy(cfg).configure(cfg).train.gamma_lr_scale == 0.1
+    assert cfg.as_trained().train.gamma_lr_scale == 0.1
+    assert cfg.as_trained().trial_id != cfg.trial_id  # a row keeps the asked config's id beside these settings
     own = TrialConfig.model_validate({"train": {"remedy": "gamma_lr_scale", "gamma_lr_scale": 0.5}})
-    assert build_remedy(own).configure(own).train.gamma_lr_scale == 0.5
+    assert own.as_trained().train.gamma_lr_scale == 0.5
+
+
+def test_the_remedies_that_only_set_settings_are_declared_with_the_config():
+    from sparsity_core.config import MODEL_REMEDIES, REMEDY_SETTINGS
+
+    cfg = TrialConfig()
+    assert {name for name, build in REMEDIES.items() if build(cfg).only_configures()} == {"none", *REMEDY_SETTINGS}
+    assert set(MODEL_REMEDIES) == set(REMEDIES) - {"none", *REMEDY_SETTINGS}
 
 
 # --- revive -------------------------------------------------------------------------------------
@@ -292,3 +302,72 @@ def test_two_epoch_run_with_each_remedy(remedy):
     blocks = [b for _, b in conv_blocks(result.model)]
     assert all(isinstance(b.bn, ShiftCompensatedBN) == (remedy == "psbn") for b in blocks)
     assert all(isinstance(b.act, nn.LeakyReLU) == (remedy == "leaky_relu") for b in blocks)
+
+
+# --- recovered by what the filter does ----------------------------------------------------------
+
+
+def _fitted(remedy) -> tuple[nn.Module, TrialConfig, object]:
+    """A 1/8-width BasicNet fitted for a few epochs on synthetic data (prepared for `remedy`), its
+    one-epoch config (so epoch 1 is the last: the end-of-training measurements run) and the data."""
+    from sparsity_core.data import BatchLoader, load_dataset
+
+    cfg = TrialConfig.model_validate({"dataset": {"name": "synthetic", "n_train": 512, "n_test": 128},
+                                      "model": {"width": 0.125}, "train": {"epochs": 1, "lr_steps": []},
+                                      "device": "cpu"})
+    data = load_dataset(cfg.dataset, torch.device("cpu"))
+    model = remedy.prepare_model(_net())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for x, y in BatchLoader(data, "train", 64, shuffle=True, flip=False, generator=g):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model, cfg, data
+
+
+def _recovery(model: nn.Module, cfg: TrialConfig, data, remedy) -> tuple[int, int, int]:
+    """(remedied, remedied_alive, recovered) as a trial's last epoch measures them."""
+    from sparsity_core.measure import measure_epoch
+
+    final = measure_epoch(model, cfg, data, 1, 1e-3, 0.1, False, remedied=remedy.acted_on(model))
+    return final.remedied, final.remedied_alive, final.recovered
+
+
+def test_a_shifted_filter_is_recovered_only_when_it_does_something():
+    """A collapsed C5 filter, shifted by psBN. One Adam step (~lr = 2e-3 on its gamma, whatever the
+    size of its gradient) lifts it past both of the paper's thresholds while its output stays all but
+    constant: alive, not recovered. Brought to its layer's scale, as real gradient would, it works."""
+    remedy = PsbnRemedy(every=1, last=3)
+    model, cfg, data = _fitted(remedy)
+    bn = dict(conv_blocks(model))["C5"].bn
+    with torch.no_grad():
+        bn.weight[0], bn.bias[0] = 0.0, -0.5
+    assert remedy.after_epoch(model, None, 1, None)["C5"] == 1
+    assert _recovery(model, cfg, data, remedy) == (1, 0, 0)  # shifted, still dead by gamma
+    with torch.no_grad():
+        bn.weight[0] += 2e-3
+    assert _recovery(model, cfg, data, remedy) == (1, 1, 0)  # alive by the thresholds, functionally constant
+    with torch.no_grad():
+        bn.weight[0] = bn.weight[1:].abs().median()
+    assert _recovery(model, cfg, data, remedy) == (1, 1, 1)
+
+
+def test_a_revived_filter_nobody_listens_to_is_not_recovered():
+    """Revived filters vary (fresh weights, gamma 1); one whose channel the next layer's weights
+    ignore (decayed to 0 while it was dead) does not change the loss, so it is not recovered."""
+    remedy = ReviveRemedy(every=1, last=3)
+    model, cfg, data = _fitted(remedy)
+    blocks = dict(conv_blocks(model))
+    optimizer = build_optimizer(model, TrainConfig())
+    with torch.no_grad():
+        blocks["C4"].bn.weight[:2] = 0.0
+        blocks["C5"].conv.weight[:, 1] = 0.0  # filter 1's output goes nowhere
+    assert remedy.after_epoch(model, optimizer, 1, None)["C4"] == 2
+    assert remedy.acted_on(model)["C4"][:2].tolist() == [True, True]
+    assert _recovery(model, cfg, data, remedy) == (2, 2, 1)
+    # the masks survive a checkpoint
+    restored = ReviveRemedy(every=1, last=3)
+    restored.load_state_dict(copy.deepcopy(remedy.state_dict()))
+    assert all(torch.equal(a, b) for a, b in zip(restored.acted_on(model).values(), remedy.acted_on(model).values()))

@@ -51,29 +51,29 @@ def write_trial(store: ResultStore, optimizer: str, strength: float, seed: int) 
     dead, err = RUNS[(optimizer, strength)]
     err += seed * 0.5
     total = 100.0 * sum(dead) / (N_FILTERS * len(LAYERS))
-    store.write("epochs", tid, [{"trial_id": tid, "epoch": e, "lr": 1e-3, "train_loss": 0.5 / e,
-                                 "test_loss": 0.6 / e, "test_err": err + 2 - e, "dead_gamma_pct": total * e / 2,
-                                 "dead_act_pct": None if e == 1 else total, "diverged": False} for e in (1, 2)])
-    store.write("layers", tid, [{"trial_id": tid, "epoch": e, "layer": layer, "n_filters": N_FILTERS,
-                                 "dead_gamma": n if e == 2 else 0, "dead_act": n if e == 2 else None,
-                                 "revived": None}
+    store.write("epochs", tid, [row("epochs", trial_id=tid, epoch=e, lr=1e-3, train_loss=0.5 / e,
+                                    test_loss=0.6 / e, test_err=err + 2 - e, dead_gamma_pct=total * e / 2,
+                                    dead_act_pct=None if e == 1 else total, diverged=False) for e in (1, 2)])
+    store.write("layers", tid, [row("layers", trial_id=tid, epoch=e, layer=layer, n_filters=N_FILTERS,
+                                    dead_gamma=n if e == 2 else 0, dead_act=n if e == 2 else None)
                                 for e in (1, 2) for layer, n in zip(LAYERS, dead)])
     filters: list[dict[str, Any]] = []
     for e in (1, 2):
         for layer, n in zip(LAYERS, dead):
             for f in range(N_FILTERS):
                 is_dead = e == 2 and f < n
-                filters.append({"trial_id": tid, "epoch": e, "layer": layer, "filter": f,
-                                "gamma": 0.0 if is_dead else 1.0 - 0.1 * f, "beta": -0.2 * f,
-                                "max_act": None if e == 1 else (0.0 if is_dead else 2.0),
-                                "universality": None if e == 1 else (0.0 if is_dead else 0.25 * (f + 1))})
+                filters.append(row("filters", trial_id=tid, epoch=e, layer=layer, filter=f,
+                                   gamma=0.0 if is_dead else 1.0 - 0.1 * f, beta=-0.2 * f,
+                                   max_act=None if e == 1 else (0.0 if is_dead else 2.0),
+                                   universality=None if e == 1 else (0.0 if is_dead else 0.25 * (f + 1))))
     store.write("filters", tid, filters)
     store.write("trials", tid, [row(
         "trials", trial_id=tid, sweep=store.sweep, status="ok", **cfg.flat(), epochs_run=2,
         train_loss=0.25, test_loss=0.3, test_err=err, dead_gamma_pct=total, dead_act_pct=total,
         wall_time_s=1.0, code_version="test", error="", config_json=cfg.model_dump_json(),
         conv_params_pruned_pct=total, flops_pruned_pct=total / 2, pruned_speedup=1.5,
-        pruned_test_err=err, slim_pruned_test_err=err + 5, l1norm_pruned_test_err=err + 10,
+        pruned_test_err=err, pruned_by="dead_gamma", filters_removed_pct=total, trained_test_err=err,
+        unfinetuned_test_err=err, finetuned=False,
     )])
 
 
@@ -95,8 +95,8 @@ def built(sweep_dir: Path) -> Path:
 
 
 def test_every_file_is_written(built: Path) -> None:
-    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "early_stopping.md", "index.html", report.PLOTLY_JS,
-                *report.FIGURES}
+    expected = {"table.md", "table.csv", "claims.md", "claims.csv", "early_stopping.md", "pruning.csv", "index.html",
+                report.PLOTLY_JS, *report.FIGURES}
     assert expected == {p.name for p in built.iterdir()}
     assert built == built.parent / "report"
 
@@ -139,10 +139,13 @@ def test_table_has_layers_configurations_and_the_paper(built: Path) -> None:
 def test_implicit_vs_explicit_pruning_table(built: Path) -> None:
     md = (built / "table.md").read_text()
     section = md.split("## Implicit vs explicit pruning", 1)[1]
-    header = next(line for line in section.splitlines() if line.startswith("| optimizer"))
-    assert "| dead removed (implicit) | network slimming | L1-norm (Li et al.) |" in header
-    adam = next(line for line in section.splitlines() if line.startswith("| adam | 0.001 |"))
-    assert "| 13.2 ± 0.4 | 18.2 ± 0.4 | 23.2 ± 0.4 |" in adam
+    header = next(line for line in section.splitlines() if line.startswith("| curve"))
+    assert "| FLOPs removed | speedup | trained test err | pruned test err | n |" in header
+    adam = next(line for line in section.splitlines() if "optimizer=adam strength=0.001 |" in line)
+    assert adam.startswith("| implicit |") and "| 13.25 ± 0.35 | 13.25 ± 0.35 | 2 |" in adam
+    csv = pl.read_csv(built / "pruning.csv")
+    assert set(csv["method"]) == {"implicit"} and csv.height == 4 and csv["finetuned"].to_list() == [False] * 4
+    assert "test error against FLOPs removed" in (built / "pruning.html").read_text()
 
 
 def test_claims_are_checked(built: Path) -> None:
@@ -258,3 +261,18 @@ def test_unreadable_uri_is_bad_input(capsys) -> None:
 def test_out_must_be_local(sweep_dir: Path, capsys) -> None:
     assert report.main([str(sweep_dir), "--out", "s3://bucket/report"]) == 2
     assert "local folder" in capsys.readouterr().err
+
+
+def test_remedies_show_revived_alive_and_recovered_side_by_side() -> None:
+    from .planted import frame, trial_row
+
+    rows = [trial_row(remedy=remedy, seed=seed, test_err=2.0, dead_gamma_pct=5.0, remedied=counts[0],
+                      remedied_alive=counts[1], recovered=counts[2])
+            for remedy, counts in (("psbn", (6, 5, 0)), ("revive", (8, 8, 7))) for seed in (0, 1)]
+    rows.append(trial_row(remedy="none", test_err=2.0, dead_gamma_pct=9.0))
+    table = report.results_markdown(results.aggregate(frame(rows, "trials"), frame([], "layers")))
+    assert {"revived/shifted", "of those alive (thresholds)", "of those recovered (function)"} <= set(table.columns)
+    psbn = table.filter(pl.col("remedy") == "psbn").row(0, named=True)
+    assert (psbn["revived/shifted"], psbn["of those alive (thresholds)"], psbn["of those recovered (function)"]) \
+        == ("6.0 ± 0.0", "5.0 ± 0.0", "0.0 ± 0.0")
+    assert table.filter(pl.col("remedy") == "none")["revived/shifted"].to_list() == [None]

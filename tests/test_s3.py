@@ -67,8 +67,8 @@ def test_store_round_trip_on_s3(endpoint, aws_env, tiny):
     assert store.finished() == {}
 
     cfg = tiny()
-    epochs = [{"trial_id": cfg.trial_id, "epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "test_loss": 1.0,
-               "test_err": 0.5, "dead_gamma_pct": 0.0, "dead_act_pct": 0.0, "diverged": False} for e in (1, 2)]
+    epochs = [row("epochs", trial_id=cfg.trial_id, epoch=e, lr=0.1, train_loss=1.0 / e, test_loss=1.0,
+                  test_err=0.5, dead_gamma_pct=0.0, dead_act_pct=0.0, diverged=False) for e in (1, 2)]
     store.write("epochs", cfg.trial_id, epochs)
     ok = row("trials", trial_id=cfg.trial_id, sweep="sweep", status="ok", **cfg.flat())
     store.write("trials", cfg.trial_id, [ok])

@@ -40,3 +40,24 @@ def test_dead_by_activation_and_universality():
 def test_gamma_only_snapshot_skips_activations():
     stats = filter_stats(_planted())
     assert stats["C1"].max_act is None and stats["C1"].dead_act is None
+
+
+def test_output_mean_and_std_over_the_training_set_merge_batches_exactly():
+    net = _planted().eval()
+    with torch.no_grad():  # a nearly constant filter: a large offset, a tiny spread
+        block = dict(conv_blocks(net))["C3"].bn
+        block.weight[0], block.bias[0] = 1e-5, 50.0
+    data = load_dataset(DataConfig(name="synthetic", n_train=128, n_test=32))
+    stats = filter_stats(net, data, batch_size=50)  # three uneven batches
+    outputs = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.double()))
+             for name, b in conv_blocks(net)]
+    with torch.no_grad():
+        net(data.normalize(data.train_x))
+    for h in hooks:
+        h.remove()
+    for name, out in outputs.items():
+        flat = out.transpose(0, 1).flatten(1)
+        torch.testing.assert_close(stats[name].act_mean.double(), flat.mean(1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stats[name].act_std.double(), flat.std(1, correction=0), rtol=1e-3, atol=1e-9)
+    assert 0 < stats["C3"].act_std[0] < 1e-4

@@ -93,6 +93,26 @@ def test_grid_variants_seeds_and_dedupe(tmp_path):
     assert varying_settings(trials) == ["optimizer", "reg", "strength", "seed"]
 
 
+def test_a_list_in_a_variant_is_that_variants_axis(tmp_path):
+    """One sweep draws each pruning method's curve: fractions for the explicit methods, strengths
+    for the implicit one; a list-valued setting takes a list of lists there."""
+    path = _write(tmp_path, BASE + (
+        "variants:\n"
+        "  - {method: none, reg: l2, strength: [1.0e-4, 1.0e-3]}\n"
+        "  - {method: slimming, reg: l1_gamma, strength: 1.0e-4, fraction: [0.3, 0.5, 0.7], finetune_epochs: 2}\n"
+        "  - {method: l1norm, reg: l2, fraction: [0.5], lr_steps: [[1], [2]]}\n"
+        "  - {lr_steps: [1]}\n"
+        "seeds: [0, 1]\n"))
+    trials = load_spec(path).trials
+    assert len(trials) == (2 + 3 + 2 + 1) * 2
+    slim = [t for t in trials if t.prune.method == "slimming" and t.seed == 0]
+    assert [t.prune.fraction for t in slim] == [0.3, 0.5, 0.7] and {t.train.reg for t in slim} == {"l1_gamma"}
+    assert {t.train.lr_steps for t in trials if t.prune.method == "l1norm"} == {(1,), (2,)}
+    assert {t.train.strength for t in trials if t.prune.method == "none" and t.train.reg == "l2"} == {1e-4, 1e-3}
+    with pytest.raises(SpecError, match=r"variants\[0\]\.fraction: an axis needs at least one value"):
+        load_spec(_write(tmp_path, BASE + "variants: [{fraction: []}]\n"))
+
+
 def test_overrides_by_dotted_key_and_alias(tmp_path):
     path = _write(tmp_path, BASE + "grid: {optimizer: [adam, sgd]}\n")
     trials = load_spec(path, ["train.epochs=5", "seeds=[3, 4]", "grid.optimizer=[adam]", "strength=1e-3"]).trials
@@ -132,6 +152,15 @@ def test_overrides_by_dotted_key_and_alias(tmp_path):
         (BASE + "device: cuda\nresources: {gpu: 0}\n", "device: cuda gives the trials no GPU: set resources.gpu"),
         (BASE + "device: cuda\npack: 4\nresources: {gpu: 0.25}\n", "pack: 4 trains each pack on one whole GPU"),
         (BASE + "device: cuda\npack: auto\nresources: {gpu: 0.5}\n", "set resources.gpu: 1"),
+        (BASE + "prune: {method: l1norm, fraction: 1.5}\n", "prune.fraction: Input should be less than 1"),
+        (BASE + "prune: {method: l1norm, fraction: 0.5, finetune_epochs: -1}\n",
+         "prune.finetune_epochs: Input should be greater than or equal to 0"),
+        (BASE + "prune: {method: slimmming, fraction: 0.5}\n", "unknown pruning method 'slimmming' (did you mean"),
+        (BASE + "prune: {method: l1norm}\n", "set fraction in (0, 1)"),
+        (BASE + "grid: {fraction: [0.5]}\n", "method 'none' removes the dead filters"),
+        (BASE + "prune: {methd: l1norm}\n", "prune.methd: unknown key (did you mean 'method'?)"),
+        (BASE + "train: {remedy: psbn}\nprune: {method: l1norm, fraction: 0.5}\n",
+         "cannot prune the model of remedy 'psbn'"),
         ("grid: [\n", "not valid YAML at line"),
         ("", "the file is empty"),
         ("- a\n- b\n", "expected a mapping"),

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.store import COMPLETED, FINISHED, TABLES, TRIAL_METRICS, ResultStore, SweepWriter
 from sparsity_core import train
-from sparsity_core.config import settings
+from sparsity_core.config import TrialConfig, settings
 from sparsity_core.metrics import EpochMetrics, FilterMetrics, LayerMetrics, PruneMetrics, scalar_fields
 
 from .rows import row
@@ -163,3 +163,31 @@ def test_another_sweep_takes_over_finished_trials_of_version_0_1_0(tmp_path):
     # A third sweep prefers the sweep that trained a trial ("quick") to one that reused it ("new").
     third = ResultStore(str(tmp_path), "third").finished_elsewhere(ids)
     assert {i: s.sweep for i, s in third.items()} == dict.fromkeys(ids, "quick")
+
+
+def test_a_row_records_the_settings_trained_under_the_asked_configs_id(tmp_path, tiny):
+    """`remedy: gamma_lr_scale` trains gamma_lr_scale 0.1 and `leaky_relu` activation leaky_relu: the
+    row says so, its id stays the asked config's. A row written before rows recorded them (the
+    asked 1.0 beside the remedy) reads as trained too."""
+    from orchestrator.results import load_results
+
+    store = ResultStore(str(tmp_path), "sweep")
+    writer = SweepWriter(store, "test")
+    asked = {remedy: TrialConfig.model_validate({**tiny().model_dump(), "train": {**tiny().train.model_dump(),
+                                                                                  "remedy": remedy}})
+             for remedy in ("gamma_lr_scale", "leaky_relu")}
+    for cfg in asked.values():
+        writer.add(cfg, EpochMetrics(epoch=1, lr=0.1, train_loss=1.0, test_loss=1.0, test_err=50.0,
+                                     dead_gamma_pct=0.0).to_record())
+        writer.finish(cfg)
+    rows = {r["remedy"]: r for r in pl.read_parquet(f"{store.path}/trials/*.parquet").to_dicts()}
+    assert rows["gamma_lr_scale"]["gamma_lr_scale"] == 0.1 and rows["leaky_relu"]["activation"] == "leaky_relu"
+    assert {r["trial_id"] for r in rows.values()} == {cfg.trial_id for cfg in asked.values()}
+    assert all(TrialConfig.model_validate_json(r["config_json"]).trial_id == r["trial_id"] for r in rows.values())
+    old = {**rows["gamma_lr_scale"], "gamma_lr_scale": 1.0, "trial_id": "0" * 12}  # as an earlier version wrote it
+    own = {**old, "gamma_lr_scale": 0.5, "trial_id": "1" * 12}  # a sweep's own scale, kept by the remedy
+    for r in (old, own):
+        store.write("trials", r["trial_id"], [r])
+    trials = load_results(store).trials
+    scales = dict(trials.select("trial_id", "gamma_lr_scale").rows())
+    assert (scales["0" * 12], scales["1" * 12]) == (0.1, 0.5)
