@@ -35,7 +35,7 @@ def test_a_second_sweep_reuses_a_finished_trial_and_force_trains_it(tmp_path):
     assert "reused 1 trials finished in other sweeps under the same results root, not trained again: " \
            "1 from 'a'" in out.stdout
     assert "2 trials, 1 already finished, 1 to run" in out.stdout and "1/1 done (1 ok)" in out.stdout
-    assert "2 trials: 1 already finished (1 reused from other sweeps), 1 ok, 0 diverged, 0 failed" in out.stdout
+    assert "2 trials: 1 already finished (1 reused from other sweeps), 1 ok, 0 diverged, 0 stopped, 0 failed" in out.stdout
     trials = table(results, "b", "trials")
     assert dict(zip(trials["trial_id"], trials["reused_from"])) == {
         t.trial_id: "a" if t.trial_id == shared else None for t in load_spec(second).trials}
