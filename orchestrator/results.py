@@ -2,7 +2,7 @@
 
 Everything here takes and returns polars frames (no drawing); only the reading section touches files.
 Percentages are in percent (0-100), as in the paper's tables. A *configuration* is every trial setting
-except the seed; its `config` label names the settings that vary across the sweep
+except the seed and where the data lives (`root`, `download`); its `config` label names the settings that vary across the sweep
 (`optimizer=adam reg=l2 strength=0.001`).
 """
 
@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from sparsity_core.config import REMEDY_SETTINGS, TrialConfig, alias_paths
+from sparsity_core.config import REMEDY_SETTINGS, TrialConfig, settings
 from sparsity_core.metrics import EpochMetrics, PruneMetrics, scalar_fields
 
 from .pareto import Mode, non_dominated_ranks, to_costs
@@ -51,9 +51,12 @@ __all__ = [
     "stopped_points",
 ]
 
-# The study's main axes lead, as in the paper's tables; then every other setting but the seed.
+# The study's main axes lead, as in the paper's tables; then every other setting but the seed and
+# where the data lives (`location`: a reused row keeps its source's root, a resubmitted job's root is
+# another upload folder; the same configuration either way).
 _LEAD = ("optimizer", "reg", "strength")
-CONFIG_COLUMNS: list[str] = [*_LEAD, *(a for a in alias_paths() if a not in (*_LEAD, "seed"))]
+CONFIG_COLUMNS: list[str] = [*_LEAD, *(s.alias for s in settings()
+                                       if s.alias not in (*_LEAD, "seed") and not s.location)]
 # The network and data a configuration trained: pruning methods are compared only within one.
 NETWORK_SETTINGS = ("dataset", "image_size", "model", "width")
 # Per-trial results averaged over seeds (besides the per-layer C1..Cn columns): the numeric ones.

@@ -44,6 +44,7 @@ __all__ = [
     "alias_paths",
     "did_you_mean",
     "PER_TRIAL",
+    "LOCATION",
 ]
 
 # The paper's base learning rate of each optimizer (supplement); `train.lr: null` trains with it.
@@ -96,6 +97,10 @@ FINETUNING: dict[str, Finetuning] = {
 # measurement cadence (done per trial on unpacked models) and remedy. Any other setting, including
 # one added later without it, must be the same for the whole pack.
 PER_TRIAL = {"per_trial": True}
+# Field metadata of a setting that says where the data lives, not what it is: left out of the trial
+# id, so the same trial found on another machine (or under another working folder) keeps its id,
+# and of what names a configuration in the results (`Setting.location`).
+LOCATION = {"location": True}
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -132,14 +137,9 @@ class DataConfig(_Section):
     """Which images, where they live, and how they are fed."""
 
     name: DatasetName = "digits"
-    # Where the data lives, not what it is: `location` settings stay out of the trial id, so the
-    # same trial found on another machine (or under another working folder) keeps its id.
-    root: str | None = Field(
-        None, description="folder of cifar10/cifar100/imagefolder data", json_schema_extra={"location": True}
-    )
-    download: bool = Field(
-        False, description="let torchvision download CIFAR into `root`", json_schema_extra={"location": True}
-    )
+    root: str | None = Field(None, description="folder of cifar10/cifar100/imagefolder data",
+                             json_schema_extra=LOCATION)
+    download: bool = Field(False, description="let torchvision download CIFAR into `root`", json_schema_extra=LOCATION)
     image_size: int | None = Field(
         None, gt=0, description="resize to this many pixels a side; None keeps the native size"
     )
@@ -330,7 +330,7 @@ class TrialConfig(_Section):
     @property
     def trial_id(self) -> str:
         """Stable 12-hex-digit hash of every setting that differs from its default, except the
-        `location` ones (where the data lives, see DataConfig).
+        `location` ones (where the data lives: LOCATION).
 
         Leaving defaults out keeps existing ids valid when a new setting (with a default) is added;
         changing a default's value is therefore a breaking change of trial ids.
@@ -352,6 +352,7 @@ class Setting(NamedTuple):
     type: type  # str, int, float or bool (a registry name or a Literal is a str)
     nullable: bool  # None is a valid value (`lr`: the paper's default)
     sequence: bool  # a tuple of `type` (`lr_steps`), a list in a results column
+    location: bool = False  # where the data lives, not what it is (field metadata LOCATION)
 
     def value(self, cfg: TrialConfig) -> Any:
         """This setting's value in `cfg`, a tuple as a list."""
@@ -378,7 +379,7 @@ def _leaf_type(annotation: Any) -> tuple[type, bool, bool]:
 @functools.cache
 def settings() -> tuple[Setting, ...]:
     """Every leaf setting of TrialConfig in field order: the one walk over its fields that sweep
-    keys, `flat()` and the results columns (with their types) all come from."""
+    keys, `flat()`, the results columns (with their types) and the trial id's exclusions all come from."""
     out: list[Setting] = []
     for section, field in TrialConfig.model_fields.items():
         sub = field.annotation
@@ -386,20 +387,20 @@ def settings() -> tuple[Setting, ...]:
         for leaf, leaf_field in leaves:
             alias = section if leaf in ("", "name") else leaf
             assert alias not in {s.alias for s in out}, f"alias {alias!r} is ambiguous"
-            out.append(Setting(alias, f"{section}.{leaf}" if leaf else section, *_leaf_type(leaf_field.annotation)))
+            location = (leaf_field.json_schema_extra or {}).get("location") is True
+            out.append(Setting(alias, f"{section}.{leaf}" if leaf else section, *_leaf_type(leaf_field.annotation),
+                               location=location))
     return tuple(out)
 
 
 @functools.cache
 def _location_settings() -> dict[str, set[str]]:
-    """Section -> its settings marked `location` (pydantic's `exclude` shape)."""
+    """Section -> its `location` settings (pydantic's `exclude` shape)."""
     out: dict[str, set[str]] = {}
-    for section, field in TrialConfig.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            marked = {leaf for leaf, f in sub.model_fields.items() if (f.json_schema_extra or {}).get("location")}
-            if marked:
-                out[section] = marked
+    for setting in settings():
+        if setting.location:
+            section, _, leaf = setting.path.rpartition(".")
+            out.setdefault(section, set()).add(leaf)
     return out
 
 

@@ -75,6 +75,18 @@ def test_configurations_are_grouped_by_every_setting_but_seed() -> None:
     assert agg["config"][0] == "strength=0.0001 batch_size=40"
 
 
+def test_where_the_data_lives_is_not_part_of_a_configuration() -> None:
+    # One configuration's seeds under two roots: a reused row keeps its source sweep's root, a
+    # resubmitted job's root is another upload folder. Still one configuration, as its trial ids say.
+    rows = [trial_row(optimizer="adam", reg="l2", strength=1e-3, dataset="cifar10", root=root, download=download,
+                      seed=seed, test_err=1.0)
+            for seed, root, download in ((0, "/home/ray/app/data", False), (1, "/tmp/ray/working_dir/data", True))]
+    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
+    assert agg.height == 1 and agg["n_seeds"].to_list() == [2]
+    assert agg["config"].to_list() == ["optimizer=adam reg=l2 strength=0.001"]
+    assert not {"root", "download"} & set(results.CONFIG_COLUMNS)
+
+
 # --- figure data -----------------------------------------------------------------------------------
 
 

@@ -84,3 +84,5 @@ def test_where_the_data_lives_leaves_the_trial_id():
     assert ids != {TrialConfig.model_validate({"dataset": {"name": "cifar100", "root": "data"}}).trial_id}
     # ... and stay in the results row.
     assert TrialConfig.model_validate({"dataset": {"name": "cifar10", "root": "/d"}}).flat()["root"] == "/d"
+    # The one walk over the settings marks them.
+    assert [s.alias for s in settings() if s.location] == ["root", "download"]
