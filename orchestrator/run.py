@@ -30,8 +30,8 @@ from orchestrator.guard import (  # noqa: E402
     check_writable,
     lease_seconds,
 )
-from orchestrator.spec import SpecError, load_spec  # noqa: E402
-from sparsity_core.data import DatasetError  # noqa: E402
+from orchestrator.spec import SpecError, describe, load_spec  # noqa: E402
+from sparsity_core.config import DatasetError  # noqa: E402
 
 __all__ = ["main"]
 
@@ -74,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     spec, trials = sweep.spec, sweep.trials
 
     if args.dry_run:
-        from orchestrator.runner import describe
-
         if spec.optuna is not None:
             print(f"search {spec.name!r}: {spec.optuna.n_trials} Optuna trials from base {trials[0].trial_id}, over")
             for alias, param in spec.optuna.space.items():

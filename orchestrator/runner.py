@@ -41,7 +41,7 @@ from .spec import Sweep, SweepSpec, trial_config, varying_settings
 from .store import FINISHED, ResultStore, SweepWriter
 from .version import code_version
 
-__all__ = ["SweepSummary", "run_sweep", "connect", "describe", "StoreCallback", "trial_configs", "pack_trials",
+__all__ = ["SweepSummary", "run_sweep", "connect", "StoreCallback", "trial_configs", "pack_trials",
            "resumable_checkpoints", "reuse_finished", "mark_pareto_front"]
 
 _log = logging.getLogger(__name__)
@@ -558,8 +558,3 @@ def mark_pareto_front(store: ResultStore, objectives) -> None:
         if row["on_pareto_front"] != flag:
             store.write("trials", row["trial_id"], [{**row, "on_pareto_front": flag}])
 
-
-def describe(trials: Sequence[TrialConfig]) -> list[str]:
-    """One line per trial: its id and the settings that vary across the sweep (for --dry-run)."""
-    varying = varying_settings(trials)
-    return [f"{t.trial_id}  " + " ".join(f"{k}={json.dumps(t.flat()[k])}" for k in varying) for t in trials]

@@ -11,7 +11,7 @@ Storage URLs (`OptunaSpec.storage`, or `default_storage` beside the results):
 - `journal://<path>`, or a plain path ending in `.log` -> `JournalStorage(JournalFileBackend(path))`,
   an append-only file for filesystems where SQLite's locking is unreliable (NFS);
 - `s3://bucket/prefix` (with the results' query options) -> a journal of S3 objects
-  (`orchestrator.s3.S3JournalBackend`): the study lives and dies with results on S3.
+  (`orchestrator.journal.S3JournalBackend`): the study lives and dies with results on S3.
 Only the driver talks to the study (Tune's searcher runs there), so one writer suffices.
 A study is found again by its name: running the same sweep again continues it.
 """
@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
 
 from .objectives import Objective, default_objectives, distinct
-from .s3 import S3JournalBackend
+from .journal import S3JournalBackend
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch

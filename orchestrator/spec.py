@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from .early_stopping import EarlyStopping, RungJudge
 from .search import OptunaSpec
 
 __all__ = ["SpecError", "SweepSpec", "Sweep", "Resources", "load_spec", "apply_override",
-           "trial_config", "varying_settings"]
+           "trial_config", "varying_settings", "describe"]
 
 
 class SpecError(ValueError):
@@ -236,12 +237,9 @@ def load_spec(path: str | Path, overrides: Iterable[str] = (), base: str | Path 
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _format_errors(source, e) from None
-    # Imported here: sparsity_core.data brings torch; the rest of this module needs the config only.
-    from sparsity_core.data import resolve_root
-
     base = Path.cwd() if base is None else base
     trials = _expand(spec, source)
-    sweep = Sweep(spec, tuple(t.model_copy(update={"dataset": resolve_root(t.dataset, base)}) for t in trials))
+    sweep = Sweep(spec, tuple(t.model_copy(update={"dataset": t.dataset.resolve_root(base)}) for t in trials))
     try:
         sweep.judge()
     except ValueError as e:
@@ -302,3 +300,9 @@ def varying_settings(trials: Iterable[TrialConfig]) -> list[str]:
     """Aliases of the settings whose value differs between trials (for --dry-run and progress)."""
     flats = [t.flat() for t in trials]
     return [k for k in alias_paths() if len({repr(f[k]) for f in flats}) > 1]
+
+
+def describe(trials: Sequence[TrialConfig]) -> list[str]:
+    """One line per trial: its id and the settings that vary across the sweep (for --dry-run)."""
+    varying = varying_settings(trials)
+    return [f"{t.trial_id}  " + " ".join(f"{k}={json.dumps(t.flat()[k])}" for k in varying) for t in trials]

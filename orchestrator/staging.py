@@ -17,8 +17,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from sparsity_core.config import DataConfig
-from sparsity_core.data import DatasetError, prepare_dataset
+from sparsity_core.config import DataConfig, DatasetError
+from sparsity_core.data import prepare_dataset
 
 __all__ = ["trial_nodes", "stage_datasets"]
 
@@ -53,7 +53,7 @@ def stage_datasets(configs: Iterable[DataConfig], *, cpu: float = 0.0, gpu: floa
     """Prepare every distinct dataset root of `configs` on every node with room for a trial of
     `cpu` CPUs and `gpu` GPUs, all nodes at once; return the ids of the nodes staged.
 
-    Roots must be absolute (`resolve_root`): a relative one would mean a different folder in every
+    Roots must be absolute (`DataConfig.resolve_root`): a relative one would mean a different folder in every
     process. Datasets with no files (digits, synthetic) need no node and start no task; with no
     node up yet, nothing is staged (an empty list). Raises
     DatasetError, after every node has answered, listing each node and dataset not ready.
@@ -61,7 +61,7 @@ def stage_datasets(configs: Iterable[DataConfig], *, cpu: float = 0.0, gpu: floa
     distinct = {(c.name, c.root, c.download): c for c in configs if c.root is not None}
     relative = sorted({c.root for c in distinct.values() if not Path(c.root).is_absolute()})
     if relative:
-        raise ValueError(f"dataset roots {relative} are relative: resolve them first (sparsity_core.data.resolve_root)")
+        raise ValueError(f"dataset roots {relative} are relative: resolve them first (DataConfig.resolve_root)")
     if not distinct:
         return []
     nodes = trial_nodes(cpu, gpu)  # none yet on an autoscaling cluster that starts with its head alone

@@ -11,8 +11,9 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    **dict.fromkeys(("TrialConfig", "DataConfig", "ModelConfig", "TrainConfig", "PruneConfig"), "config"),
-    **dict.fromkeys(("DatasetError", "ImageData", "check_dataset", "load_dataset"), "data"),
+    **dict.fromkeys(("TrialConfig", "DataConfig", "ModelConfig", "TrainConfig", "PruneConfig", "DatasetError"),
+                    "config"),
+    **dict.fromkeys(("ImageData", "check_dataset", "load_dataset"), "data"),
     **dict.fromkeys(("BasicNet", "build_model", "conv_blocks"), "models"),
     **dict.fromkeys(("dead_by_gamma", "filter_stats"), "sparsity"),
     **dict.fromkeys(("EpochMetrics", "LayerMetrics", "FilterMetrics", "PruneMetrics"), "metrics"),

@@ -13,15 +13,18 @@ import difflib
 import functools
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DataConfig",
+    "DatasetError",
     "ModelConfig",
     "TrainConfig",
     "PruneConfig",
@@ -129,6 +132,11 @@ RemedyName = _one_of(REMEDY_NAMES, "remedy")
 PruneMethodName = _one_of(PRUNE_METHOD_NAMES, "pruning method")
 
 
+class DatasetError(ValueError):
+    """A dataset's files are missing or unusable; the message names the root and the fix. Here, not
+    in `sparsity_core.data`, so that code that only reports it (the CLI) need not import torch."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -153,6 +161,21 @@ class DataConfig(_Section):
         if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
             raise ValueError(f"dataset {self.name!r} needs `root`: the folder holding its files")
         return self
+
+    def resolve_root(self, base: str | Path) -> DataConfig:
+        """This config with a relative `root` made absolute against the folder `base` (and `~`
+        expanded).
+
+        Call it where the sweep is read, before any trial starts: Ray Tune runs each trial in its own
+        working folder, on whichever node, so a relative root would name a different folder in every
+        trial. Symlinks are kept as written: they may point elsewhere on another node.
+        """
+        if self.root is None:
+            return self
+        root = Path(self.root).expanduser()
+        if not root.is_absolute():
+            root = Path(os.path.normpath(Path(base).absolute() / root))
+        return self.model_copy(update={"root": str(root)})
 
 
 class ModelConfig(_Section):

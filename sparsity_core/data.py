@@ -22,12 +22,10 @@ import torch.nn.functional as F
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from sparsity_core.config import DataConfig
+from sparsity_core.config import DataConfig, DatasetError
 
 __all__ = [
-    "DatasetError",
     "ImageData",
-    "resolve_root",
     "check_dataset",
     "prepare_dataset",
     "load_dataset",
@@ -45,10 +43,6 @@ _RESIZE_CHUNK = 4096  # images resized at a time: bounds the float32 copy to ~20
 _SYNTHETIC_SEEDS = {"prototypes": 1000, "train": 1001, "test": 1002}
 _SYNTHETIC_CLASSES = 10
 _SYNTHETIC_NOISE = 64.0  # std of the per-pixel noise, in 0..255 grey levels
-
-
-class DatasetError(ValueError):
-    """A dataset's files are missing or unusable; the message names the root and the fix."""
 
 
 def _error(cfg: DataConfig, problem: str, fix: str) -> DatasetError:
@@ -276,21 +270,6 @@ _DOWNLOADS: dict[str, _Download] = {
     "cifar10": _Download(_cifar_complete, _fetch_cifar),
     "cifar100": _Download(_cifar_complete, _fetch_cifar),
 }
-
-
-def resolve_root(cfg: DataConfig, base: str | Path) -> DataConfig:
-    """`cfg` with a relative `root` made absolute against the folder `base` (and `~` expanded).
-
-    Call it where the sweep is read, before any trial starts: Ray Tune runs each trial in its own
-    working folder, on whichever node, so a relative root would name a different folder in every
-    trial. Symlinks are kept as written: they may point elsewhere on another node.
-    """
-    if cfg.root is None:
-        return cfg
-    root = Path(cfg.root).expanduser()
-    if not root.is_absolute():
-        root = Path(os.path.normpath(Path(base).absolute() / root))
-    return cfg.model_copy(update={"root": str(root)})
 
 
 def check_dataset(cfg: DataConfig) -> None:

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from sparsity_core.config import Setting, TrialConfig, alias_paths, settings
+from sparsity_core.config import DataConfig, Setting, TrialConfig, alias_paths, settings
 
 
 def test_trial_id_is_stable_and_content_based():
@@ -86,3 +88,13 @@ def test_where_the_data_lives_leaves_the_trial_id():
     assert TrialConfig.model_validate({"dataset": {"name": "cifar10", "root": "/d"}}).flat()["root"] == "/d"
     # The one walk over the settings marks them.
     assert [s.alias for s in settings() if s.location] == ["root", "download"]
+
+
+def test_relative_roots_resolve_against_the_given_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DataConfig(name="cifar10", root="data").resolve_root(tmp_path).root == str(tmp_path / "data")
+    assert DataConfig(name="cifar10", root="../data").resolve_root(tmp_path / "sweeps").root == str(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert DataConfig(name="cifar10", root="~/data").resolve_root("/elsewhere").root == str(tmp_path / "home" / "data")
+    absolute = DataConfig(name="imagefolder", root="/mnt/shared/tiny-imagenet-200", image_size=32)
+    assert absolute.resolve_root(tmp_path) == absolute
+    assert DataConfig(name="digits").resolve_root(tmp_path) == DataConfig(name="digits")

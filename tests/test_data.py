@@ -11,17 +11,15 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from sparsity_core.config import DATASET_NAMES, DataConfig
+from sparsity_core.config import DATASET_NAMES, DataConfig, DatasetError
 from sparsity_core.data import (
     _CHECKS,
     DATASETS,
     BatchLoader,
-    DatasetError,
     ImageData,
     check_dataset,
     load_dataset,
     prepare_dataset,
-    resolve_root,
 )
 
 from .cifar import accept_checksums, images, write_cifar10, write_cifar100
@@ -135,17 +133,7 @@ def test_cifar_missing_root_folder_or_file(tmp_path: Path) -> None:
     check_dataset(DataConfig(name="cifar10", root=str(missing), download=True))
 
 
-# --- where the data lives: resolved roots, one download per root -----------------------------
-
-
-def test_relative_roots_resolve_against_the_given_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_root(DataConfig(name="cifar10", root="data"), tmp_path).root == str(tmp_path / "data")
-    assert resolve_root(DataConfig(name="cifar10", root="../data"), tmp_path / "sweeps").root == str(tmp_path / "data")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert resolve_root(DataConfig(name="cifar10", root="~/data"), "/elsewhere").root == str(tmp_path / "home" / "data")
-    absolute = DataConfig(name="imagefolder", root="/mnt/shared/tiny-imagenet-200", image_size=32)
-    assert resolve_root(absolute, tmp_path) == absolute
-    assert resolve_root(DataConfig(name="digits"), tmp_path) == DataConfig(name="digits")
+# --- where the data lives: one download per root (resolved roots: test_config.py) -------------
 
 
 def test_concurrent_callers_download_a_root_once(cifar_release, tmp_path: Path) -> None:

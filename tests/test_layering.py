@@ -30,6 +30,22 @@ def test_the_report_imports_neither_optuna_nor_ray_nor_torch():
     )
 
 
+def test_the_cli_and_sweep_files_import_neither_ray_nor_torch():
+    # The runner (Ray, torch) is imported only to run a sweep: --dry-run, bad input and
+    # `report --sweep` load a sweep file in a second, not in five.
+    _run_python(
+        "import sys, orchestrator.run, orchestrator.spec; "
+        "bad = [m for m in ('ray', 'torch') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+
+
+def test_the_results_lock_imports_no_optuna():
+    # The S3 lease shares conditional writes with the S3 Optuna journal, not the journal's Optuna.
+    _run_python(
+        "import sys, orchestrator.guard; print('optuna' in sys.modules); sys.exit('optuna' in sys.modules)"
+    )
+
+
 def test_every_sparsity_core_module_imports_alone():
     # Each module imported first into a fresh, empty package (its __init__ not run): an import cycle
     # cannot hide behind the order in which __init__ happens to import the modules.

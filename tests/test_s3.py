@@ -19,7 +19,8 @@ import pytest
 from orchestrator import report, results
 from orchestrator.guard import GuardError, S3Lease, SweepLock
 from orchestrator.runner import reuse_finished
-from orchestrator.s3 import S3JournalBackend, S3Location
+from orchestrator.journal import S3JournalBackend
+from orchestrator.s3 import S3Location
 from orchestrator.search import OptunaSpec, default_storage, make_searcher, open_storage, trials_left
 from orchestrator.spec import load_spec
 from orchestrator.store import TABLES, ResultStore, SweepWriter

@@ -11,8 +11,8 @@ from ray.cluster_utils import Cluster
 from torchvision import datasets
 
 from orchestrator.staging import stage_datasets, trial_nodes
-from sparsity_core.config import DataConfig
-from sparsity_core.data import DatasetError, prepare_dataset, resolve_root
+from sparsity_core.config import DataConfig, DatasetError
+from sparsity_core.data import prepare_dataset
 
 from .cifar import write_cifar10
 
@@ -39,7 +39,7 @@ def two_nodes(cluster):
 
 def test_a_resolved_root_is_checked_on_every_node(two_nodes, tmp_path: Path) -> None:
     write_cifar10(tmp_path / "sweeps" / "data")
-    cfg = resolve_root(DataConfig(name="cifar10", root="data"), tmp_path / "sweeps")
+    cfg = DataConfig(name="cifar10", root="data").resolve_root(tmp_path / "sweeps")
     # The same dataset in several trials (other image sizes) is staged once per node.
     configs = [cfg, cfg.model_copy(update={"image_size": 16}), DataConfig(name="synthetic")]
     assert sorted(stage_datasets(configs)) == sorted(two_nodes)
