@@ -5,6 +5,9 @@
 - the results location can be written;
 - on a cluster of several nodes, the results are where every node can write its checkpoints;
 - no other orchestrator runs on the same results (an OS lock on a local folder, a lease on S3).
+
+What a lock says while a sweep runs (waiting for a lease, losing it) goes to the logger
+`orchestrator.guard`: the CLI prints it, on stderr.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import datetime as dt
 import email.utils
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -40,6 +43,8 @@ RESULTS_ENV = "FILTER_SPARSITY_RESULTS"
 # lease to run out (the tests shorten it; a driver renews every third of it).
 LEASE_ENV = "FILTER_SPARSITY_LEASE_S"
 LEASE_S = 60.0
+
+_log = logging.getLogger(__name__)
 
 
 class GuardError(ValueError):
@@ -197,7 +202,7 @@ def _lost_lease(reason: str) -> None:
     """Stop this driver: another one may be writing the same results now. Ctrl-C's path (SIGINT to
     the main thread, which also wakes it from a blocking call), so Tune stops its trials and what
     was written stays: every file is whole."""
-    print(f"error: {reason}; stopping this orchestrator", file=sys.stderr, flush=True)
+    _log.error(f"error: {reason}; stopping this orchestrator")
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
@@ -270,8 +275,8 @@ class S3Lease:
             if waited_on is not None and etag != waited_on:
                 return body["holder"]
             waited_on = etag
-            print(f"results locked by {body['holder']} (lease: {left:.0f} s left); waiting for it in case "
-                  "that orchestrator is gone", file=sys.stderr, flush=True)
+            _log.warning(f"results locked by {body['holder']} (lease: {left:.0f} s left); waiting for it in case "
+                         "that orchestrator is gone")
             time.sleep(left + 1.0)  # Last-Modified has 1 s resolution
         self._thread = threading.Thread(target=self._renew, name="s3-lease", daemon=True)
         self._thread.start()

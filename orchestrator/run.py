@@ -4,8 +4,8 @@ Without an address this starts an embedded local Ray; with `--address` or $RAY_A
 `ray job submit` sets) it joins that cluster. Re-running the same command resumes: finished trials
 are skipped, and a trial another sweep under the same results root finished is copied, not trained.
 Before anything is written: the cluster can reach the results, and every node that runs trials
-has their data. Exit codes: 0 all trials ok or diverged, 1 some failed (or the results' lock was
-lost), 2 bad input (nothing ran, nothing written).
+has their data. Exit codes: 0 every trial ok, diverged or stopped (by `early_stopping:`), 1 some
+failed (or the results' lock was lost), 2 bad input (nothing ran, nothing written).
 """
 
 from __future__ import annotations
@@ -53,15 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress_to_stdout() -> None:
-    """The orchestrator's progress lines (logged at INFO) go to stdout as they are, one per line."""
+def _log_to_console() -> None:
+    """The orchestrator's lines go to the console as they are, one per line: progress (logged at
+    INFO) to stdout, warnings and errors (a lost lock) to stderr."""
     logger = logging.getLogger("orchestrator")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+        progress, problems = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+        progress.addFilter(lambda record: record.levelno < logging.WARNING)
+        problems.setLevel(logging.WARNING)
+        for handler in (progress, problems):
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         check_reachable(args.address or os.environ.get("RAY_ADDRESS"))
         lock = SweepLock(store, lease_s=lease_seconds())
         connect(args.address)
-        _progress_to_stdout()
+        _log_to_console()
         # Each alive node (a trial of 0 CPUs fits anywhere) may run trials away from this driver's disk.
         check_results_shared(store, len(trial_nodes()), spec.checkpoint_every, args.results_shared)
         staged = stage_datasets({t.dataset for t in trials}, cpu=spec.resources.cpu, gpu=spec.resources.gpu)
