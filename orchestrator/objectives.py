@@ -1,4 +1,4 @@
-"""What a search, or an early-stopping rule, optimises: numeric columns of the trials table.
+"""What a search, or an early-stopping rule, optimises: numeric metrics a trial reports.
 
 Apart from `search` (which imports Optuna) so that the report, which replays early stopping over a
 sweep's results, needs neither Optuna nor Ray.
@@ -12,18 +12,22 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from sparsity_core.config import did_you_mean
 
 from .pareto import Mode
-from .store import TABLES
+from .store import TABLES, TRIAL_METRICS
 
 __all__ = ["Objective", "default_objectives", "distinct"]
 
 
-def _numeric_trial_columns() -> list[str]:
+def _numeric_metrics() -> list[str]:
+    """The numeric metrics of a finished trial (`store.TRIAL_METRICS`, from sparsity_core.metrics):
+    what a Tune report carries, so a searcher can be told it. Settings, `epochs_run` or
+    `wall_time_s` are trials columns too, but no report holds them."""
     schema: pa.Schema = TABLES["trials"]
-    return [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
+    return [name for name in TRIAL_METRICS
+            if pa.types.is_floating(schema.field(name).type) or pa.types.is_integer(schema.field(name).type)]
 
 
 class Objective(BaseModel):
-    """One objective: a numeric column of the trials table, maximised or minimised."""
+    """One objective: a numeric metric a trial reports, maximised or minimised."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     metric: str
@@ -31,8 +35,8 @@ class Objective(BaseModel):
 
     @field_validator("metric")
     @classmethod
-    def _numeric_column(cls, v: str) -> str:
-        valid = _numeric_trial_columns()
+    def _reported_metric(cls, v: str) -> str:
+        valid = _numeric_metrics()
         if v not in valid:
             raise ValueError(f"unknown metric {v!r}{did_you_mean(v, valid)}; valid: {', '.join(valid)}")
         return v

@@ -48,6 +48,10 @@ def test_spec_parses_every_param_type_and_defaults() -> None:
          "unknown optimizer"),
         ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}},
           "objectives": [{"metric": "test_error", "mode": "min"}]}, "did you mean 'test_err'"),
+        # trials columns that no Tune report carries: a setting, the epochs run, the wall time
+        *(({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}},
+            "objectives": [{"metric": column, "mode": "min"}]}, f"unknown metric '{column}'")
+          for column in ("strength", "epochs_run", "wall_time_s")),
         ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}}, "sampler": "cmaes"}, "nsga2"),
         ({"n_trials": 2, "space": {"strength": {"type": "uniform", "low": 0, "high": 1}}, "budget": 3}, "Extra inputs"),
     ],
