@@ -36,9 +36,9 @@ from sparsity_core.config import alias_paths
 from .guard import GuardError
 from .results import pareto_front
 from .scheduler import MultiObjectiveASHA
-from .search import default_storage, make_searcher, trials_left
+from .search import default_storage, make_searcher
 from .spec import Sweep, SweepSpec, trial_config, varying_settings
-from .store import FINISHED, ResultStore, SweepWriter
+from .store import COMPLETED, FINISHED, ResultStore, SweepWriter
 from .version import code_version
 
 __all__ = ["SweepSummary", "run_sweep", "connect", "StoreCallback", "trial_configs", "pack_trials",
@@ -397,10 +397,24 @@ class _Plan:
     finish: Callable[[], None]  # after the last trial
 
 
+def _finished_trials(spec: SweepSpec, store: ResultStore) -> tuple[dict[str, str], list[str]]:
+    """trial_id -> status of each trial in `store` that a run of `spec` leaves as it is, and lines
+    to log. `FINISHED` ones, except that a trial an early-stopping rule stopped counts only while
+    the sweep still has `early_stopping:`: without it the tables would silently lack that trial, so
+    it continues from its last checkpoint (or runs again)."""
+    statuses = store.finished()
+    if spec.early_stopping is not None:
+        return {t: s for t, s in statuses.items() if s in FINISHED}, []
+    stopped = sum(s == "stopped" for s in statuses.values())
+    lines = [f"{stopped} trials stopped early by an earlier run's early_stopping are unfinished: the sweep "
+             "no longer stops early, so they run to the end"] if stopped else []
+    return {t: s for t, s in statuses.items() if s in COMPLETED}, lines
+
+
 def _grid_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[str, str]) -> _Plan:
     """The trials without a finished result (all of them with `force`), packed as `pack:` asks."""
     spec, trials = sweep.spec, sweep.trials
-    finished = {t: s for t, s in store.finished().items() if s in FINISHED}
+    finished, notes = _finished_trials(spec, store)
     todo = [t for t in trials if force or t.trial_id not in finished]
     sizes, probed = _pack_sizes(spec, todo)
     # An interrupted run's packs stay as they were, whatever the sizes now: they resume.
@@ -408,7 +422,7 @@ def _grid_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[
     packs = pack_trials(todo, sizes, kept)
     lines = [f"sweep {spec.name!r}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
              f"{len(todo)} to run (varying: {', '.join(varying_settings(trials)) or 'nothing'}); "
-             f"results in {store.uri}", *probed]
+             f"results in {store.uri}", *notes, *probed]
     if spec.pack != 1:
         lines.append(f"{len(todo)} trials packed into {len(packs)} packed models")
     todo_ids = {t.trial_id for t in todo}
@@ -425,24 +439,26 @@ def _grid_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[
 
 
 def _search_plan(sweep: Sweep, store: ResultStore, force: bool, checkpoints: dict[str, str]) -> _Plan:
-    """The rest of an Optuna search from the sweep's one base trial; a sampled config that equals an
-    interrupted trial's continues from its checkpoint (a finished trial's is not resumed)."""
+    """The rest of an Optuna search from the sweep's one base trial: `n_trials` less the trials
+    finished in the store (the source of truth, whatever states the study holds: a diverged trial
+    is FAIL there, one whose driver died RUNNING). A sampled config that equals an interrupted
+    trial's continues from its checkpoint (a finished trial's is not resumed)."""
     spec, optuna = sweep.spec, sweep.spec.optuna
     storage = optuna.storage or default_storage(store.uri)
-    todo = trials_left(optuna, spec.name, storage)
+    finished, notes = _finished_trials(spec, store)
+    todo = max(0, optuna.n_trials - len(finished))
     line = (f"search {spec.name!r}: {optuna.n_trials} trials, {optuna.n_trials - todo} already finished, "
             f"{todo} to run (searching: {', '.join(optuna.space)}); study in {storage}; results in {store.uri}")
-    finished = tuple(t for t, s in store.finished().items() if s in FINISHED)
-    return _Plan(optuna.n_trials, todo, (line,), [_member(sweep.trials[0])], num_samples=todo,
+    return _Plan(optuna.n_trials, todo, (line, *notes), [_member(sweep.trials[0])], num_samples=todo,
                  search=lambda stopped: {"search_alg": make_searcher(optuna, spec.name, storage, stopped)},
                  resume=lambda checkpoints: {t: p for t, p in checkpoints.items() if t not in finished},
-                 earlier=finished, finish=lambda: mark_pareto_front(store, optuna.objectives))
+                 earlier=tuple(finished), finish=lambda: mark_pareto_front(store, optuna.objectives))
 
 
 def reuse_finished(sweep: Sweep, store: ResultStore, writer: SweepWriter) -> dict[str, str]:
     """Copy into `store` each of a grid sweep's trials that has no finished result there but
     finished in another sweep under the same results root; trial_id -> the sweep copied from."""
-    finished = {t for t, s in store.finished().items() if s in FINISHED}
+    finished, _ = _finished_trials(sweep.spec, store)
     sources = store.finished_elsewhere(t.trial_id for t in sweep.trials if t.trial_id not in finished)
     for trial_id, source in sources.items():
         writer.reuse(source, trial_id)
@@ -470,6 +486,10 @@ def run_sweep(sweep: Sweep, store: ResultStore, *, force: bool = False, tune_pro
         _log.info(line)
     skipped = plan.total - plan.todo
     if not plan.todo:
+        # A driver stopped after the last trial (or one that lost its lock) may have left the
+        # sweep-wide step undone; `finish` is idempotent.
+        if still_locked():
+            plan.finish()
         return SweepSummary(plan.total, skipped, {}, len(reused))
 
     store.remove_temporaries()

@@ -1,5 +1,6 @@
 """Ray Tune's side of early stopping: `MultiObjectiveASHA` (the scheduler around
-`early_stopping.RungJudge`) and `OptunaSearchWithStops` (a search that records a stopped trial as pruned).
+`early_stopping.RungJudge`) and `OptunaSearchWithStops` (a search that records a stopped trial as
+pruned, a diverged one as failed).
 
 Tune's own schedulers take one metric and read it (and its mode) from TuneConfig; a multi-objective
 OptunaSearch keeps its metric and mode lists to itself. So this scheduler is given its objectives
@@ -14,6 +15,7 @@ and one that Tune retries after an error is not judged again at rungs it already
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
@@ -65,14 +67,33 @@ class MultiObjectiveASHA(FIFOScheduler):
 
 
 class OptunaSearchWithStops(OptunaSearch):
-    """Ray Tune's OptunaSearch, except that a trial in `stopped` (Tune ids; an early-stopping
-    scheduler's, filled as the sweep runs) ends in the study as PRUNED instead of COMPLETE with
-    its rung's values. OptunaSearch records a trial that ends without values and without an error
-    as PRUNED, so it is handed no values."""
+    """Ray Tune's OptunaSearch, except for how two kinds of trial end in the study:
+
+    - a trial in `stopped` (Tune ids; an early-stopping scheduler's, filled as the sweep runs) is
+      PRUNED instead of COMPLETE with its rung's values;
+    - a trial whose objectives are not all finite numbers (a diverged one: its test error is NaN)
+      is FAIL, so that samplers ignore it. Told COMPLETE with NaN, Optuna refuses (OptunaSearch
+      only logs that), and the study's trial would stay RUNNING forever.
+
+    OptunaSearch records a trial that ends without values as PRUNED, or as FAIL with an error, so
+    each is handed no values."""
 
     def __init__(self, stopped: Container[str], **kwargs: Any):
         super().__init__(**kwargs)
         self.stopped = stopped
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, None if trial_id in self.stopped else result, error)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if trial_id in self.stopped:
+            result = None
+        elif result is not None and not all(_finite(result.get(m)) for m in metrics):
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _finite(value: Any) -> bool:
+    """A finite number (not None, not NaN or inf)."""
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False

@@ -2,8 +2,8 @@
 
 A sweep's `optuna:` section becomes an `OptunaSpec`: which trial settings to sample (by alias, e.g.
 `strength`), the objectives (by default: most dead filters, least test error), the sampler and the
-storage. `make_searcher` turns it into Ray Tune's `OptunaSearch` (a trial stopped early ends pruned);
-the sampled values arrive in each Tune trial's `config` under the alias names.
+storage. `make_searcher` turns it into Ray Tune's `OptunaSearch` (a trial stopped early ends pruned,
+a diverged one failed); the sampled values arrive in each Tune trial's `config` under the alias names.
 
 Storage URLs (`OptunaSpec.storage`, or `default_storage` beside the results):
 - any SQLAlchemy URL (`sqlite:///abs/path.db`, `postgresql://user:pass@host/db`, whose driver,
@@ -13,7 +13,8 @@ Storage URLs (`OptunaSpec.storage`, or `default_storage` beside the results):
 - `s3://bucket/prefix` (with the results' query options) -> a journal of S3 objects
   (`orchestrator.journal.S3JournalBackend`): the study lives and dies with results on S3.
 Only the driver talks to the study (Tune's searcher runs there), so one writer suffices.
-A study is found again by its name: running the same sweep again continues it.
+A study is found again by its name: running the same sweep again continues it. How many trials
+are left is the results' to say (`runner`), not the study's states.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from optuna.distributions import (
 )
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sparsity_core.config import TrialConfig, alias_paths, did_you_mean
@@ -55,7 +55,6 @@ __all__ = [
     "default_storage",
     "open_storage",
     "make_searcher",
-    "trials_left",
 ]
 
 class _Param(BaseModel):
@@ -246,6 +245,7 @@ def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str,
     `stopped`: the Tune ids of trials an early-stopping scheduler stopped (filled as the sweep
     runs). The study records those as PRUNED: their values are a rung's, measured early, so they
     must not stand on the study's front or be bred from (NSGA-II picks parents among COMPLETE trials).
+    A trial whose objectives are not all finite (diverged) is recorded as FAIL: samplers ignore it.
     """
     storage = open_storage(storage_url)
     directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
@@ -266,15 +266,3 @@ def make_searcher(spec: OptunaSpec, study_name: str, storage_url: str,
         storage=storage,
     )
 
-
-def trials_left(spec: OptunaSpec, study_name: str, storage_url: str) -> int:
-    """Trials still to run for `n_trials` in all: what a resumed search should ask Tune for.
-    Completed trials count, and so do pruned ones (stopped early: a result, not a failure); failed
-    trials do not."""
-    storage = open_storage(storage_url)
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return spec.n_trials
-    done = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return max(0, spec.n_trials - len(done))

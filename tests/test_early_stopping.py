@@ -24,7 +24,7 @@ from orchestrator.early_stopping import EarlyStopping, replay
 from orchestrator.objectives import Objective, default_objectives
 from orchestrator.pareto import crowding_distance, non_dominated_ranks, survivors, to_costs
 from orchestrator.results import load_results, pareto_front
-from orchestrator.runner import _grid_plan, mark_pareto_front
+from orchestrator.runner import _grid_plan, _search_plan, mark_pareto_front
 from orchestrator.scheduler import MultiObjectiveASHA
 from orchestrator.search import OptunaSpec, default_storage, make_searcher
 from orchestrator.spec import load_spec
@@ -400,6 +400,28 @@ def test_a_search_with_early_stopping_counts_stopped_trials(tmp_path) -> None:
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") == stopped.height and states.count("COMPLETE") == 5 - stopped.height
     assert study.metric_names == ["dead_gamma_pct", "test_err"]
+
+
+def test_stopped_trials_are_unfinished_once_the_sweep_no_longer_stops_early(tmp_path) -> None:
+    """Left as they are, they would be missing from every table: the rule that stopped them is gone."""
+    without_rule = ES_TINY.split("early_stopping:")[0]
+    grid = "grid: {lr: [1.0e-2, 3.0e-3, 1.0e-9]}\n"
+    stopping = load_spec(write_sweep(tmp_path, ES_TINY + grid))
+    plain = load_spec(write_sweep(tmp_path, without_rule + grid, name="plain"))
+    store = ResultStore(str(tmp_path / "results"), "tiny")
+    ok, diverged, stopped = (t.trial_id for t in stopping.trials)
+    for trial_id, status in ((ok, "ok"), (diverged, "diverged"), (stopped, "stopped")):
+        store.write("trials", trial_id, [row("trials", trial_id=trial_id, status=status)])
+
+    assert _grid_plan(stopping, store, force=False, checkpoints={}).todo == 0
+    plan = _grid_plan(plain, store, force=False, checkpoints={})
+    assert plan.todo == 1 and set(plan.earlier) == {ok, diverged}
+    assert any(line.startswith("1 trials stopped early by an earlier run's early_stopping are unfinished")
+               for line in plan.lines)
+    # A search counts the trials finished in the store the same way.
+    search = ["optuna={n_trials: 5, space: {strength: {type: uniform, low: 0.0, high: 1.0}}}"]
+    assert _search_plan(load_spec(write_sweep(tmp_path, ES_TINY, name="s"), search), store, False, {}).todo == 2
+    assert _search_plan(load_spec(write_sweep(tmp_path, without_rule, name="p"), search), store, False, {}).todo == 3
 
 
 def _planted_store(tmp_path) -> ResultStore:

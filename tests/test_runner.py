@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orchestrator.spec import load_spec
+from orchestrator.store import ResultStore
 from sparsity_core import train, train_packed
 
 from .integration import TINY, run_cli, start_cli, table, write_sweep
@@ -183,6 +184,37 @@ def test_quick_pareto_search_runs_on_sqlite_and_resumes(tmp_path):
         assert not any(row["dead_gamma_pct"] >= b["dead_gamma_pct"] and row["test_err"] <= b["test_err"]
                        and (row["dead_gamma_pct"], row["test_err"]) != (b["dead_gamma_pct"], b["test_err"])
                        for b in best.iter_rows(named=True))
+
+
+def test_diverged_search_trials_fail_in_the_study_and_a_rerun_runs_nothing(tmp_path):
+    import optuna
+
+    # Every trial diverges (SGD at LR 1e8): its objectives are NaN, which Optuna refuses as values.
+    search = write_sweep(tmp_path, TINY.replace("optimizer: adam", "optimizer: sgd, lr: 1.0e+8") + """\
+optuna:
+  n_trials: 2
+  population_size: 2
+  space: {strength: {type: loguniform, low: 1.0e-5, high: 1.0e-2}}
+""", name="search")
+    results = tmp_path / "results"
+    out = run_cli(search, "--results", results)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2/2 done (2 diverged)" in out.stdout
+    storage = f"sqlite:///{results}/search/optuna.db"
+    # Failed, so samplers ignore them; none left RUNNING.
+    assert [t.state.name for t in optuna.load_study(study_name="search", storage=storage).trials] == ["FAIL", "FAIL"]
+    trials = table(results, "search", "trials")
+    assert trials["status"].to_list() == ["diverged"] * 2 and trials["on_pareto_front"].to_list() == [False] * 2
+
+    # As if the driver had been killed after the last trial, before the Pareto flags were set.
+    store = ResultStore(str(results), "search")
+    for trial_id in store.finished():
+        store.write("trials", trial_id, [{**store.read("trials", trial_id)[0], "on_pareto_front": None}])
+    again = run_cli(search, "--results", results)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 trials, 2 already finished, 0 to run" in again.stdout
+    assert len(optuna.load_study(study_name="search", storage=storage).trials) == 2
+    assert table(results, "search", "trials")["on_pareto_front"].to_list() == [False] * 2
 
 
 def test_packed_trials_run_as_one_tune_trial_and_land_separately(tmp_path):

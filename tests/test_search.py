@@ -15,7 +15,6 @@ from orchestrator.search import (
     default_storage,
     make_searcher,
     open_storage,
-    trials_left,
 )
 
 
@@ -92,23 +91,25 @@ def test_directions_of_an_existing_study_are_checked(tmp_path) -> None:
         make_searcher(spec, "s", url)
 
 
-def test_the_study_names_its_objectives_and_prunes_stopped_trials(tmp_path) -> None:
+def test_the_study_names_its_objectives_prunes_stopped_trials_and_fails_diverged_ones(tmp_path) -> None:
     """On SQLite, through Ray Tune's searcher API without a Tune run: optuna-dashboard reads the
-    axes' names from the study; a trial stopped early ends PRUNED and counts toward n_trials."""
+    axes' names from the study; a trial stopped early ends PRUNED; one whose objectives are not
+    finite (diverged: NaN test error) or missing ends FAIL, never left RUNNING."""
     spec = OptunaSpec(n_trials=3, space={"strength": {"type": "loguniform", "low": 1e-6, "high": 1e-2}})
     url = default_storage(str(tmp_path / "s"))
     stopped: set[str] = set()
     searcher = make_searcher(spec, "s", url, stopped)
     assert optuna.load_study(study_name="s", storage=url).metric_names == ["dead_gamma_pct", "test_err"]
-    for trial_id in ("a", "b"):
+    for trial_id in ("a", "b", "c", "d"):
         assert searcher.suggest(trial_id) is not None
     stopped.add("a")  # as the scheduler does when it stops a trial at a rung
     searcher.on_trial_complete("a", result={"dead_gamma_pct": 0.0, "test_err": 50.0, "epoch": 10})
     searcher.on_trial_complete("b", result={"dead_gamma_pct": 20.0, "test_err": 5.0, "epoch": 100})
+    searcher.on_trial_complete("c", result={"dead_gamma_pct": 30.0, "test_err": math.nan, "epoch": 1})
+    searcher.on_trial_complete("d", result={"test_err": 5.0, "epoch": 1})
     study = optuna.load_study(study_name="s", storage=url)
-    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "FAIL", "FAIL"]
     assert study.trials[1].values == [20.0, 5.0] and [t.number for t in study.best_trials] == [1]
-    assert trials_left(spec, "s", url) == 1
     # Named again when the search resumes; the names stay.
     make_searcher(spec, "s", url)
     assert optuna.load_study(study_name="s", storage=url).metric_names == ["dead_gamma_pct", "test_err"]
@@ -162,10 +163,8 @@ def test_real_study_on_sqlite_through_tune_and_resume(local_ray, tmp_path) -> No
     assert all(len(t.values) == 2 for t in complete)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert all(1e-6 <= t.params["strength"] <= 1e-2 and t.params["optimizer"] in ("adam", "sgd") for t in complete)
-    assert trials_left(spec, "search", url) == 2
 
     # Same storage and study name: the study continues rather than starting over.
-    _run_search(spec, "search", url, str(tmp_path / "tune"), n=trials_left(spec, "search", url))
+    _run_search(spec, "search", url, str(tmp_path / "tune"), n=spec.n_trials - len(complete))
     study = optuna.load_study(study_name="search", storage=url)
-    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
-    assert trials_left(spec, "search", url) == 0
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6 == len(study.trials)
