@@ -8,8 +8,8 @@ S3-compatible server such as MinIO; credentials come from the usual AWS_* variab
   again, and its row names that sweep (`reused_from`);
 - `epochs/<trial_id>.parquet`: one row per epoch, rewritten as the trial runs;
 - `layers/<trial_id>.parquet`: per epoch and conv layer, filter counts dead by gamma / activation;
-- `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality on the epochs
-  where they were measured.
+- `filters/<trial_id>.parquet`: per-filter gamma, beta, max activation, universality and the std of
+  the activation (`act_std`) on the epochs where they were measured.
 Each table has one fixed Arrow schema, derived from the records a trial reports
 (`sparsity_core.metrics`) and from TrialConfig's settings (`sparsity_core.config.settings`), so
 `polars.scan_parquet("<dir>/<table>/*.parquet")` reads all. A file is written to a hidden temporary
