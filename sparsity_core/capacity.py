@@ -33,7 +33,7 @@ _GAIN = 1.1
 # The smallest pack within this fraction of the best rate is chosen: a smaller pack leaves more
 # packs to train side by side (on other GPUs) and less of a last, part-filled pack.
 _NEAR = 0.95
-_WARMUP_STEPS = 3  # before timing; a captured step is recorded in the first
+_UNTIMED_STEPS = 3  # before timing; a captured step is recorded in the first
 _TIMED_STEPS = 10
 _GIB = 2**30
 
@@ -141,7 +141,7 @@ def _seconds_per_step(cfgs: Sequence[TrialConfig], data) -> float:
     engine.model.train()
     batches = itertools.chain.from_iterable(zip(*training.loaders) for _ in itertools.count())
     losses = torch.zeros(len(cfgs), device=device)
-    for step in itertools.islice(batches, _WARMUP_STEPS):
+    for step in itertools.islice(batches, _UNTIMED_STEPS):
         losses += engine.step(step)
     _sync(device)
     start = time.perf_counter()

@@ -155,7 +155,6 @@ class DataConfig(_Section):
     n_train: int = Field(512, gt=0, description="synthetic only: training images")
     n_test: int = Field(128, gt=0, description="synthetic only: test images")
 
-
     @model_validator(mode="after")
     def _root_when_needed(self) -> DataConfig:
         if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
@@ -187,8 +186,6 @@ class ModelConfig(_Section):
     negative_slope: float = Field(0.01, ge=0, lt=1, description="leaky_relu only")
     gamma_init: float = Field(1.0, json_schema_extra=PER_TRIAL)
     beta_init: float = Field(0.0, json_schema_extra=PER_TRIAL)
-
-
 
 
 class TrainConfig(_Section):
@@ -227,9 +224,6 @@ class TrainConfig(_Section):
     )
     revive_every: int = Field(10, gt=0, description="remedy revive: re-initialise dead filters every k epochs",
                               json_schema_extra=PER_TRIAL)
-
-
-
 
     @field_validator("lr_steps")
     @classmethod
@@ -313,6 +307,20 @@ class TrialConfig(_Section):
             raise ValueError(f"prune.method {method!r} cannot prune the model of remedy {self.train.remedy!r} "
                              f"(it changes the network between epochs); use method none, or remedy "
                              f"{' or '.join(n for n in REMEDY_NAMES if n not in MODEL_REMEDIES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _graphable(self) -> TrialConfig:
+        # A captured step trains a solo trial as a pack of one (sparsity_core.engine), whose model is
+        # one network throughout: refused here, not in a worker, where it runs on CUDA only.
+        if not self.train.cuda_graph:
+            return self
+        if self.train.remedy in MODEL_REMEDIES:
+            raise ValueError(f"train.cuda_graph cannot capture remedy {self.train.remedy!r} (it changes the model "
+                             "between epochs); set train.cuda_graph: false")
+        if self.prune.explicit and self.prune.finetune_epochs:
+            raise ValueError("train.cuda_graph cannot capture a pruning pipeline that fine-tunes its cut network; "
+                             "set train.cuda_graph: false or prune.finetune_epochs: 0")
         return self
 
     def as_trained(self) -> TrialConfig:

@@ -255,7 +255,7 @@ class PackedEngine:
     """Trials of one architecture as one `PackedConvNet`, each updated by `PackedOptimizer`.
 
     A trial's model is a copy unpacked from the pack, which is why only remedies that just
-    configure a trial may pack (`Remedy.only_configures`).
+    set a trial's settings may pack (`config.MODEL_REMEDIES` act on the model).
     """
 
     def __init__(self, models: Sequence[nn.Module], cfgs: Sequence[TrainConfig], device: torch.device) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import TrialConfig
 from .data import BatchLoader, ImageData, load_dataset
-from .engine import Engine, PackedEngine, engine_for, graphed
+from .engine import Engine, engine_for, graphed
 from .measure import Cut, due, explicit_cut, measure_epoch
 from .metrics import EpochMetrics
 from .models import build_model
@@ -84,7 +84,7 @@ class Training:
     """What a run of N trials trains with (N = 1 for a solo trial), built once by `build_training`."""
 
     remedies: list[Remedy]
-    run_cfgs: list[TrialConfig]  # each trial's config after its remedy's `configure`
+    run_cfgs: list[TrialConfig]  # each trial's config as trained (`TrialConfig.as_trained`)
     device: torch.device
     data: ImageData
     engine: Engine
@@ -95,7 +95,7 @@ class Training:
 def build_training(cfgs: Sequence[TrialConfig], *, packed: bool, data: ImageData | None = None) -> Training:
     """The engine, data and loaders of `cfgs` as a pack (`packed`) or as one solo trial, after
     every check that can refuse them (ValueError); `data`, when given, is the loaded dataset."""
-    configs = [configured(cfg) for cfg in cfgs]  # each remedy's `configure` runs here, once
+    configs = [configured(cfg) for cfg in cfgs]  # each trial's remedy built here, once
     remedies, run_cfgs = [remedy for remedy, _ in configs], [run_cfg for _, run_cfg in configs]
     device = resolve_device(cfgs[0].device)
     shared = run_cfgs[0].train  # batching, epochs, precision and the step's form are the same for a whole pack
@@ -104,8 +104,6 @@ def build_training(cfgs: Sequence[TrialConfig], *, packed: bool, data: ImageData
     engine_type = engine_for(packed, shared, device)
     reason = engine_type.refusal(remedies, run_cfgs)
     if reason is not None:
-        if not packed and engine_type is PackedEngine:
-            reason = f"train.cuda_graph trains a solo trial as a pack of one, and {reason}; set train.cuda_graph: false"
         raise ValueError(reason)
     data = load_dataset(run_cfgs[0].dataset, device) if data is None else data
     models = []

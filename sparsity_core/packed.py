@@ -11,7 +11,7 @@ Each parameter's first dimension is N * k, trial i owning rows [i*k, (i+1)*k), s
 hyperparameters (LR, regularizer terms) broadcast over that dimension: `PackedOptimizer` runs
 torch's own optimizer for all trials at once and scales its update per trial. Which trials may
 share a pack is read from the settings' declarations (`PER_TRIAL` in config.py) and from the
-remedies themselves (`Remedy.only_configures`). The pack trains in the one loop of
+remedies (`config.MODEL_REMEDIES`: those that act on the model between epochs). The pack trains in the one loop of
 `sparsity_core.loop` (`train_packed`), measured per trial on `unpack(i)`, a plain ConvNet.
 """
 
@@ -26,10 +26,10 @@ from pydantic import BaseModel
 from torch import nn
 from torch.nn.utils import skip_init
 
-from .config import PER_TRIAL, TrainConfig, TrialConfig
+from .config import MODEL_REMEDIES, PER_TRIAL, REMEDY_NAMES, TrainConfig, TrialConfig
 from .models import ConvNet
 from .optim import OPTIMIZERS, group_lrs, param_groups, penalty
-from .remedies import REMEDIES, Remedy, configured
+from .remedies import Remedy, configured
 
 __all__ = ["PackedConvNet", "PackedOptimizer", "can_pack", "pack_key", "pack_refusal"]
 
@@ -289,9 +289,9 @@ def _alone(remedy: Remedy, cfg: TrialConfig) -> str | None:
     """Why this trial can share a pack with no other, or None."""
     if cfg.prune.explicit and cfg.prune.finetune_epochs:
         return "it fine-tunes its own pruned network (prune.finetune_epochs > 0), which a pack cannot hold"
-    if remedy.only_configures():
+    if cfg.train.remedy not in MODEL_REMEDIES:
         return None
-    packable = [name for name, build in REMEDIES.items() if build(cfg).only_configures()]
+    packable = [name for name in REMEDY_NAMES if name not in MODEL_REMEDIES]
     return (f"remedy {cfg.train.remedy!r} changes the model or acts between epochs; "
             f"packable remedies: {', '.join(packable)}")
 
@@ -304,7 +304,7 @@ def pack_refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) ->
         reason = _alone(remedy, cfg)
         if reason is not None:
             return f"trial {i}: {reason}"
-    # Compared after each remedy's `configure`: what is trained must match, not how it was asked for.
+    # Compared as trained (`TrialConfig.as_trained`): what is trained must match, not how it was asked for.
     settings = [_shared_settings(cfg) for cfg in run_cfgs]
     for key, first in settings[0].items():
         for i, other in enumerate(settings[1:], start=1):

@@ -66,7 +66,6 @@ __all__ = [
     "dead_keep_masks",
     "ExplicitMethod",
     "EXPLICIT_METHODS",
-    "explicit_keep_masks",
     "prune_explicit",
     "zero_response",
     "conv_weight_count",
@@ -342,13 +341,6 @@ def _explicit_masks(model: nn.Module, graph: tp.DependencyGraph, method: str, fr
     scores = {name: importance(_filter_group(graph, block, list(range(block.conv.out_channels)))).float().cpu()
               for name, block in conv_blocks(model)}
     return _keep_masks(scores, fraction, spec.ranked)
-
-
-def explicit_keep_masks(model: nn.Module, method: str, fraction: float, example: torch.Tensor
-                        ) -> dict[str, torch.Tensor]:
-    """Per layer, the keep mask (CPU) of explicit `method` removing `fraction` of `model`'s filters;
-    `example`: one input, for tracing the model."""
-    return _explicit_masks(model, _graph(model, example), method, fraction)
 
 
 @torch.no_grad()

@@ -78,17 +78,6 @@ class Remedy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`'s output."""
 
-    @classmethod
-    def only_configures(cls) -> bool:
-        """Whether it overrides none of the hooks: its whole effect is then the settings it sets
-        (`config.REMEDY_SETTINGS`), so its trial can share a pack, which has no model or optimizer
-        of a trial's own for the hooks to act on."""
-        return all(getattr(cls, hook) is getattr(Remedy, hook) for hook in _MODEL_HOOKS)
-
-
-# The hooks that act on a trial's own model, optimizer or filters: every public method of Remedy but this one.
-_MODEL_HOOKS = tuple(name for name in vars(Remedy) if not name.startswith("_") and name != "only_configures")
-
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-filter bool mask [C] shaped to broadcast over a tensor [C, ...] (no device sync)."""
@@ -111,6 +100,7 @@ def _reset_optimizer_rows(
             value.masked_fill_(_rows(mask, value), start)
 
 
+@torch.no_grad()
 def revive_dead_filters(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -118,23 +108,14 @@ def revive_dead_filters(
     gamma_init: float = 1.0,
     beta_init: float = 0.0,
     threshold: float = GAMMA_THRESHOLD,
-) -> dict[str, int]:
+) -> dict[str, torch.Tensor]:
     """Re-initialise every filter with |gamma| < threshold, as `models.init_weights` would; returns
-    the count per layer (every layer, 0 where none).
+    per layer (every layer) the bool mask of the filters revived, on the model's device.
 
     A revived filter gets fresh Xavier-uniform (ReLU gain) conv weights, gamma_init / beta_init, BN
     running statistics 0 / 1, and fresh optimizer state for those rows. The next layer's weights
     for its channel are left as they are, as in RandomOut.
     """
-    revived = _revive(model, optimizer, gamma_init, beta_init, threshold)
-    counts = torch.stack([mask.sum() for mask in revived.values()]).tolist()  # one device sync
-    return dict(zip(revived, counts))
-
-
-@torch.no_grad()
-def _revive(model: nn.Module, optimizer: torch.optim.Optimizer, gamma_init: float, beta_init: float,
-            threshold: float) -> dict[str, torch.Tensor]:
-    """`revive_dead_filters`, returning the revived filters' masks per layer (on the model's device)."""
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     gain = nn.init.calculate_gain("relu")
     dead: dict[str, torch.Tensor] = {}
@@ -168,7 +149,7 @@ class ReviveRemedy(Remedy):
     ) -> dict[str, int] | None:
         if not _acts(epoch, self.every, self.last):
             return None
-        revived = _revive(model, optimizer, self.gamma_init, self.beta_init, GAMMA_THRESHOLD)
+        revived = revive_dead_filters(model, optimizer, gamma_init=self.gamma_init, beta_init=self.beta_init)
         flat = torch.cat(list(revived.values())).cpu()  # one device sync
         masks = dict(zip(revived, flat.split([mask.numel() for mask in revived.values()]), strict=True))
         for name, mask in masks.items():

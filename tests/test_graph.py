@@ -29,7 +29,8 @@ def cpu_capture(monkeypatch):
 
 
 def _graphed(cfg: TrialConfig, **train_settings) -> TrialConfig:
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"cuda_graph": True, **train_settings})})
+    return TrialConfig.model_validate({**cfg.model_dump(), "train": {**cfg.train.model_dump(), "cuda_graph": True,
+                                                                      **train_settings}})
 
 
 def _packed_steps(optimizer: str, cuda_graph: bool, steps: int = 3) -> tuple[PackedConvNet, torch.optim.Optimizer]:
@@ -135,9 +136,13 @@ def test_cuda_graph_on_the_cpu_is_ignored_with_a_logged_reason(caplog, tiny):
         assert torch.equal(p, q)
 
 
-def test_a_captured_solo_trial_refuses_remedies_that_act_between_epochs(cpu_capture, tiny):
-    with pytest.raises(ValueError, match="train.cuda_graph trains a solo trial as a pack of one.*revive"):
-        train(_graphed(tiny(remedy="revive")))
+def test_a_captured_step_refuses_what_changes_the_model_before_anything_runs(tiny):
+    # Refused by the config, on every device: on CUDA the captured solo trial is a pack of one.
+    with pytest.raises(ValueError, match="train.cuda_graph cannot capture remedy 'revive'"):
+        _graphed(tiny(remedy="revive"))
+    pipeline = {"prune": {"method": "l1norm", "fraction": 0.5, "finetune_epochs": 1}}
+    with pytest.raises(ValueError, match="fine-tunes its cut network"):
+        _graphed(TrialConfig.model_validate({**tiny().model_dump(), **pipeline}))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -17,7 +17,6 @@ from sparsity_core.prune import (
     conv_weight_count,
     count_flops,
     dead_keep_masks,
-    explicit_keep_masks,
     prune_dead,
     prune_explicit,
     remove_filters,
@@ -262,8 +261,8 @@ def test_explicit_masks_differ_from_the_dead_set():
             block.conv.weight[2:4] *= 0.01  # ... with the smallest kernels
     dead = dead_keep_masks(net)
     n_dead = sum(int((~m).sum()) for m in dead.values())
-    slim = explicit_keep_masks(net, "slimming", 0.25, _example())
-    l1 = explicit_keep_masks(net, "l1norm", 0.25, _example())
+    slim = prune_explicit(net, "slimming", 0.25, _example())[1]
+    l1 = prune_explicit(net, "l1norm", 0.25, _example())[1]
     for name, mask in dead.items():
         assert mask[:2].tolist() == [False, False] and mask[2:].all()
         assert not slim[name][:2].any()  # slimming takes every dead filter ...
@@ -276,7 +275,7 @@ def test_explicit_masks_differ_from_the_dead_set():
 def test_explicit_pruning_refuses_what_it_cannot_prune():
     net = BasicNet(num_classes=10, in_channels=3, width=0.125)
     with pytest.raises(ValueError, match="unknown explicit pruning method"):
-        explicit_keep_masks(net, "random", 0.5, _example())
+        prune_explicit(net, "random", 0.5, _example())[1]
     with pytest.raises(ValueError, match=r"in \(0, 1\)"):
         prune_explicit(net, "l1norm", 1.0, _example())
     with pytest.raises(TypeError, match="ConvNet"):

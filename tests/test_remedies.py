@@ -13,11 +13,13 @@ from sparsity_core import TrialConfig, train
 from sparsity_core.config import REMEDY_NAMES, TrainConfig
 from sparsity_core.models import BasicNet, conv_blocks
 from sparsity_core.optim import OPTIMIZERS, build_optimizer
+from sparsity_core.packed import can_pack
 from sparsity_core.prune import conv_weight_count, prune_dead
 from sparsity_core.remedies import (
     PSBN_SHIFT,
     REMEDIES,
     PsbnRemedy,
+    Remedy,
     ReviveRemedy,
     ShiftCompensatedBN,
     configured,
@@ -50,9 +52,11 @@ def test_registry_covers_every_remedy_name():
     assert set(REMEDIES) == set(REMEDY_NAMES)
 
 
-def test_a_remedy_packs_when_it_only_configures_the_trial():
-    cfg = TrialConfig()
-    assert {name: build(cfg).only_configures() for name, build in REMEDIES.items()} == {
+def test_a_remedy_packs_when_it_only_sets_settings():
+    def trials(remedy: str) -> list[TrialConfig]:
+        return [TrialConfig.model_validate({"train": {"remedy": remedy}, "seed": seed}) for seed in (0, 1)]
+
+    assert {name: can_pack(trials(name)) is None for name in REMEDY_NAMES} == {
         "none": True, "leaky_relu": True, "gamma_lr_scale": True, "revive": False, "psbn": False}
 
 
@@ -76,8 +80,9 @@ def test_gamma_lr_scale_is_the_papers_unless_set():
 def test_the_remedies_that_only_set_settings_are_declared_with_the_config():
     from sparsity_core.config import MODEL_REMEDIES, REMEDY_SETTINGS
 
+    # A remedy that only sets settings has no hook of its own: its settings say all of what ran.
     cfg = TrialConfig()
-    assert {name for name, build in REMEDIES.items() if build(cfg).only_configures()} == {"none", *REMEDY_SETTINGS}
+    assert {name for name, build in REMEDIES.items() if type(build(cfg)) is Remedy} == {"none", *REMEDY_SETTINGS}
     assert set(MODEL_REMEDIES) == set(REMEDIES) - {"none", *REMEDY_SETTINGS}
 
 
@@ -108,9 +113,9 @@ def test_revival_reinitialises_exactly_the_dead_filters(optimizer_name):
     state_before = copy.deepcopy(optimizer.state_dict()["state"])
     steps = {id(p): s["step"].clone() for p, s in optimizer.state.items() if "step" in s}
 
-    counts = revive_dead_filters(model, optimizer)
+    masks = revive_dead_filters(model, optimizer)
 
-    assert counts == EXPECTED
+    assert {name: int(mask.sum()) for name, mask in masks.items()} == EXPECTED
     gain = nn.init.calculate_gain("relu")
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     for name, block in conv_blocks(model):
