@@ -27,7 +27,7 @@ __all__ = [
     "configurations", "pairs",
     "check_claims", "claims_table", "FAR_MORE", "MUCH_LESS", "SLIGHTLY", "UNCHANGED", "SIMILAR_STRENGTH",
     "SETTLED", "LOW_STRENGTH", "SGD_KEEPS", "lowgrad_decay", "MATCHED_ERR", "COMPARABLE", "EXPLICIT",
-    "METHOD_SETTINGS",
+    "METHOD_SETTINGS", "RUN_SETTINGS",
 ]
 
 Verdict = Literal["holds", "fails", "mixed", "inconclusive", "not testable"]
@@ -464,9 +464,12 @@ EXPLICIT = {"l1norm": "far more", "slimming": "at par or better"}
 # What the methods themselves prescribe, so an implicit and an explicit configuration may differ in it:
 # the training recipe (optimizer and its LR, regularizer and its strength: Adam with L2 for implicit
 # sparsity, L1 on gamma for slimming, the usual L2 for L1-norm) and the pruning (every prune.* setting).
-# Every other setting, the network, data and training schedule, must be the same.
+# Every other setting that changes what is trained (the network, data, training schedule, precision,
+# remedy) must be the same; settings that change only how a trial runs or what it records
+# (RUN_SETTINGS) may differ.
 METHOD_SETTINGS = ("optimizer", "lr", "reg", "strength",
                    *(alias for alias, path in alias_paths().items() if path.startswith("prune.")))
+RUN_SETTINGS = ("act_every", "snapshot_every", "eval_batch_size", "compile", "cuda_graph", "device")
 
 
 def _err(row: dict) -> float | None:
@@ -487,7 +490,8 @@ def claim10_explicit_pruning(ev: Evidence) -> Outcome:
     implicit = [r for r in configs.filter(_is("method", "none")).to_dicts()
                 if measured(r) and _sample(r, "flops_pruned_pct").mean > 0]
     explicit: dict[str, list[dict]] = defaultdict(list)  # implicit config -> explicit ones of its schedule
-    for a, b in pairs(configs, METHOD_SETTINGS, _is("method", "none"), pl.col("method").is_in(list(EXPLICIT))):
+    for a, b in pairs(configs, (*METHOD_SETTINGS, *RUN_SETTINGS), _is("method", "none"),
+                      pl.col("method").is_in(list(EXPLICIT))):
         if measured(b):
             explicit[a["config"]].append(b)
     comparisons, unmatched = [], []
@@ -522,7 +526,7 @@ def claim10_explicit_pruning(ev: Evidence) -> Outcome:
         needs = f"explicit configurations within {MATCHED_ERR:g} points of the implicit test error (lower fractions)"
     else:
         needs = ("slimming or l1norm trials (prune.method, prune.fraction) on the same network, data and training "
-                 f"schedule (every setting but {', '.join(METHOD_SETTINGS)})")
+                 f"schedule (every setting but {', '.join((*METHOD_SETTINGS, *RUN_SETTINGS))})")
     return Outcome(note=note, untestable=f"needs {needs}")
 
 
@@ -596,7 +600,8 @@ CLAIMS: tuple[Claim, ...] = (
           "main text: 70-80% of VGG-16's filters on CIFAR-10/100, against up to 34% of VGG-16's FLOPs by L1-norm "
           "pruning with retraining (Li et al. 2017); comparable to network slimming for VGG-11 on ImageNet.",
           f"At matched test error, on the same network, data and training schedule (every setting the same but "
-          f"those the methods prescribe: {', '.join(METHOD_SETTINGS)}): each configuration of prune.method none "
+          f"those the methods prescribe, {', '.join(METHOD_SETTINGS)}, and those that change only how a trial runs "
+          f"or what it records, {', '.join(RUN_SETTINGS)}): each configuration of prune.method none "
           f"with dead filters removed against every explicit configuration (any fraction, fine-tuned or not) "
           f"whose pruned test error is at most {MATCHED_ERR:g} points above the implicit one's (means over seeds), "
           f"each a counted comparison: which explicit points are compared is decided by their error alone, never "

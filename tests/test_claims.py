@@ -229,9 +229,10 @@ def test_claim10_matches_the_training_schedule() -> None:
         other = _pruned({**L1, "fraction": 0.3, **change}, [20, 21, 22], [2.3, 2.5, 2.4])
         row = verdict(implicit + other, 10)
         assert row["status"] == "not testable" and "training schedule" in row["evidence"], change
-    # the LR the method trains with is its own: still compared
-    own_lr = _pruned({**L1, "fraction": 0.3, "lr": 0.05}, [20, 21, 22], [2.3, 2.5, 2.4])
-    assert verdict(implicit + own_lr, 10)["status"] == "holds"
+    # the LR the method trains with is its own, and what a trial records is not training: still compared
+    for change in ({"lr": 0.05}, {"snapshot_every": 5, "act_every": 5}):
+        same = _pruned({**L1, "fraction": 0.3, **change}, [20, 21, 22], [2.3, 2.5, 2.4])
+        assert verdict(implicit + same, 10)["status"] == "holds", change
     prescribed = {"optimizer", "lr", "reg", "strength", "method", "fraction", "finetune_epochs"}
     assert prescribed <= set(claims.METHOD_SETTINGS)
 
