@@ -3,10 +3,11 @@
 The sweep's results are read where they live: a folder (`results/quick`) or any URI the store writes
 (`s3://bucket/prefix/quick?endpoint_override=host:9000&scheme=http`, credentials from the AWS_*
 variables); a remote sweep's report goes to the local folder `report/<sweep>/` unless `--out` says.
-Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
-a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
-on the per-seed values), early_stopping.md (what early stopping would have saved and lost on this
-sweep), pruning.csv (implicit vs explicit pruning, a row per configuration), pareto.html, layers.html,
+Files: table.md / table.csv (configurations of implicit sparsity averaged over seeds, the paper's
+values beside them where a supplement table has the configuration's setup), claims.md / claims.csv
+(the paper's claims checked on the per-seed values), early_stopping.md (what early stopping would have
+saved and lost on this sweep), pruning.csv (implicit vs explicit pruning, a row per configuration:
+the only table, with pruning.html, that shows explicit pipelines), pareto.html, layers.html,
 trajectories.html, gamma_beta.html, universality.html, lowgrad.html, pruning.html and index.html
 linking them. The pages share one plotly.min.js written beside them, so the folder opens with no
 network.
