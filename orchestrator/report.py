@@ -6,8 +6,9 @@ variables); a remote sweep's report goes to the local folder `report/<sweep>/` u
 Files: table.md / table.csv (configurations of implicit sparsity averaged over seeds, the paper's
 values beside them where a supplement table has the configuration's setup), claims.md / claims.csv
 (the paper's claims checked on the per-seed values), early_stopping.md (what early stopping would have
-saved and lost on this sweep), pruning.csv (implicit vs explicit pruning, a row per configuration:
-the only table, with pruning.html, that shows explicit pipelines), pareto.html, layers.html,
+saved and lost on this sweep), pruning.csv (implicit vs explicit pruning, a row per configuration;
+explicit pipelines appear only there, in pruning.html, table.md's pruning section and claim 10),
+pareto.html, layers.html,
 trajectories.html, gamma_beta.html, universality.html, lowgrad.html, pruning.html and index.html
 linking them. The pages share one plotly.min.js written beside them, so the folder opens with no
 network.
