@@ -17,23 +17,26 @@ from typing import Any, Literal
 
 import polars as pl
 
-from sparsity_core.config import REMEDY_SETTINGS
+from sparsity_core.config import REMEDY_SETTINGS, alias_paths
 
-from .results import CONFIG_COLUMNS, NETWORK_SETTINGS, format_setting, implicit_trials, varying_settings
-from .stats import SEED_SPREAD, Interval, Sample, Status, above, difference, mean_of, within
+from .results import CONFIG_COLUMNS, format_setting, implicit_trials, varying_settings
+from .stats import TOO_FEW_SEEDS, Interval, Sample, Status, above, difference, mean_of, too_few, within
 
 __all__ = [
     "Verdict", "RULE", "SPARSITY", "Side", "Comparison", "Outcome", "Evidence", "Claim", "CLAIMS",
     "configurations", "pairs",
     "check_claims", "claims_table", "FAR_MORE", "MUCH_LESS", "SLIGHTLY", "UNCHANGED", "SIMILAR_STRENGTH",
     "SETTLED", "LOW_STRENGTH", "SGD_KEEPS", "lowgrad_decay", "MATCHED_ERR", "COMPARABLE", "EXPLICIT",
+    "METHOD_SETTINGS", "RUN_SETTINGS",
 ]
 
 Verdict = Literal["holds", "fails", "mixed", "inconclusive", "not testable"]
 RULE = ("A claim **holds** when every comparison it counts holds; **fails** when at least one fails and "
         "none holds; is **mixed** when some hold and some fail; is **inconclusive** when none fails but "
         "not all hold (an interval straddles the threshold, or a side has too few seeds); is **not "
-        "testable** when the data hold no comparison for it. The comparisons that do not hold are named.")
+        "testable** when the data hold no comparison for it. The comparisons that do not hold are named, "
+        "an inconclusive one with its reason where it has one (a side with one seed: "
+        f"\"{TOO_FEW_SEEDS}\").")
 
 SPARSITY = "dead_gamma_pct"  # the claims' measure: total % of filters dead by gamma at the last epoch
 _METRICS = (SPARSITY, "test_err", "pruned_test_err", "conv_params_pruned_pct", "flops_pruned_pct")
@@ -63,7 +66,9 @@ class Comparison:
     """Two configurations (or simulated optimizers) set apart. `effect` is left minus right; the
     status is decided on `tested` (`test` says what must hold), which is `effect` unless the
     threshold scales a side, and, for "only slightly", also on `bounded` (`bound`: the change's
-    size, sides swapped): it holds when both hold and fails when either fails."""
+    size, sides swapped): it holds when both hold and fails when either fails. `why`: what keeps an
+    inconclusive comparison from being decided, where it is not an interval that straddles the
+    threshold (TOO_FEW_SEEDS: a side with one seed)."""
 
     name: str
     left: Side
@@ -78,6 +83,7 @@ class Comparison:
     decimals: int = 1  # how the report shows effect and tested
     effect_text: str = ""  # shown instead of the effect's interval (claim 9: a speed-up)
     tested_text: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,15 +198,19 @@ def _compare(a: dict, b: dict, free: Sequence[str], sides: tuple[str, str], fact
     (short names of a and b for the test's text): the claim needs mean(a) - factor * mean(b) > 0
     and, with a `bound` k, mean(b) - k * mean(a) > 0."""
     left, right = _sample(a, metric), _sample(b, metric)
-    prior = SEED_SPREAD.get(metric)
-    effect = difference(left, right, prior=prior)
-    tested = effect if factor == 1.0 else difference(left, right, factor, prior)
-    bounded = None if bound is None else difference(right, left, bound, prior)
+    effect = difference(left, right)
+    tested = effect if factor == 1.0 else difference(left, right, factor)
+    bounded = None if bound is None else difference(right, left, bound)
     statuses = {above(tested), *(() if bounded is None else (above(bounded),))}
     status: Status = "fails" if "fails" in statuses else "holds" if statuses == {"holds"} else "inconclusive"
     return Comparison(_name(a, b, free, what), _side(a["config"], left), _side(b["config"], right), effect,
                       _contrast(*sides, factor), tested, status,
-                      bound="" if bound is None else _contrast(*reversed(sides), bound), bounded=bounded)
+                      bound="" if bound is None else _contrast(*reversed(sides), bound), bounded=bounded,
+                      why=_too_few(left, right))
+
+
+def _too_few(*samples: Sample) -> str:
+    return TOO_FEW_SEEDS if too_few(*samples) else ""
 
 
 def _informative(a: dict, b: dict) -> bool:
@@ -314,13 +324,15 @@ def claim8_pruning(ev: Evidence) -> Outcome:
         removed = [(err, pruned, pct) for err, pruned, pct in seeds if pct]
         if not removed:
             continue
-        change = mean_of(Sample.of([pruned - err for err, pruned, _ in removed]))
+        changes = Sample.of([pruned - err for err, pruned, _ in removed])
+        change = mean_of(changes)
         share = Sample.of([pct for *_, pct in removed]).mean
         comparisons.append(Comparison(
             f"{row['config']}: {share:.1f}% of conv params removed",
             _side("pruned", Sample.of([p for _, p, _ in removed]), 2, "pruned "),
             _side("unpruned", Sample.of([e for e, *_ in removed]), 2, "unpruned "),
-            change, f"|pruned - unpruned| < {UNCHANGED:g}", change, within(change, UNCHANGED), decimals=2))
+            change, f"|pruned - unpruned| < {UNCHANGED:g}", change, within(change, UNCHANGED), decimals=2,
+            why=_too_few(changes)))
     if not measured:
         return Outcome(untestable="no pruning measured (pruned_test_err is null)")
     note = f"{len(comparisons)} of {measured} configurations had dead filters removed"
@@ -337,71 +349,109 @@ _DAMPENED = ("amsgrad", "adam")  # the supplement expects AMSGrad (long-term max
 
 
 def lowgrad_decay(lowgrad: pl.DataFrame, threshold: float = SETTLED) -> pl.DataFrame:
-    """Per optimizer and strength, `iters_to_zero`: the first recorded iteration from which
-    |value| stays below `threshold` to the end (null if it never settles there)."""
-    settled = (pl.col("value").abs() < threshold).cast(pl.Int8).reverse().cum_min().reverse() == 1
-    return lowgrad.sort("iteration").group_by("optimizer", "strength", maintain_order=True).agg(
-        pl.col("iteration").filter(settled.over("optimizer", "strength")).min().alias("iters_to_zero"),
+    """Per optimizer, strength and noise seed, `iters_to_zero`: the first recorded iteration at which
+    |value| is below `threshold` (null if it never gets there), and `iterations`, the run's length.
+
+    The first time, not the time from which it stays there: at ~0 the noise keeps the scalar
+    moving (Adam at L2 1e-5: about +-0.02), so it crosses the threshold again now and then, and the
+    last crossing would measure the run's length, not the regularizer."""
+    return lowgrad.group_by("optimizer", "strength", "seed").agg(
+        pl.col("iteration").filter(pl.col("value").abs() < threshold).min().alias("iters_to_zero"),
         pl.col("iteration").max().alias("iterations"),
     )
 
 
-def _exact(value: float | None) -> Interval:
-    """A deterministic quantity: no seeds, so its interval is the value itself (none without a value)."""
-    return Interval(value, value, value, "exact") if value is not None else Interval(math.nan, None, None, "none")
+def _over_seeds(values: Sequence[float | None]) -> Interval:
+    """The mean over the noise seeds with its t interval; no interval when a seed has no value."""
+    sample = Sample.of(values)
+    if not sample.n:
+        return Interval(math.nan, None, None, "none")
+    return Interval(sample.mean, None, None, "none") if sample.n < len(values) else mean_of(sample)
 
 
-def _settles(optimizer: str, iters: int | None, horizon: int) -> Side:
-    """An optimizer's side of claim 9: `mean` is the iteration from which it stays ~0 (None: never)."""
-    text = f"~0 from iteration {iters}" if iters is not None else f"not ~0 within {horizon} iterations"
-    return Side(optimizer, None if iters is None else float(iters), None, 1, text)
+def _settles(optimizer: str, times: Sequence[int | None], horizon: int) -> Side:
+    """An optimizer's side of claim 9: the iteration at which it first has the scalar at ~0, over
+    the noise seeds (only where every seed gets there within the run)."""
+    reached = Sample.of(times)
+    if reached.n < len(times):
+        return Side(optimizer, None, None, len(times),
+                    f"not ~0 within {horizon} iterations in {len(times) - reached.n} of {len(times)} seeds")
+    return _side(optimizer, reached, 0, "~0 at iteration ")
+
+
+def _plain(interval: Interval, decimals: int, bound: bool = False) -> str:
+    """A positive quantity over the seeds, unsigned: `6.2 [6.1, 6.3]`; 'at least' with `bound`."""
+    text = f"{'at least ' if bound else ''}{interval.effect:.{decimals}f}"
+    if interval.method in ("t", "welch"):
+        text += f" [{interval.low:.{decimals}f}, {interval.high:.{decimals}f}]"
+    return text
+
+
+def _or_end(iteration: int | None, horizon: int) -> int:
+    """When a seed reached ~0; the run's end where it never did (a bound)."""
+    return horizon if iteration is None else iteration
+
+
+def _censored(left: Sequence[int | None], right: Sequence[int | None], horizon: int) -> str:
+    both = sum(a is None and b is None for a, b in zip(left, right))
+    return f"neither reaches ~0 within {horizon} iterations in {both} of {len(left)} seeds" if both else ""
 
 
 def claim9_low_gradient(ev: Evidence) -> Outcome:
-    """Per optimizer and strength, how much sooner than SGD the scalar settles at ~0 (counted: Adam,
-    RMSProp and AdaMax at low strengths), and AMSGrad against Adam (counted: dampened)."""
+    """Per optimizer and strength, how much sooner than SGD the scalar reaches ~0 (counted: Adam,
+    RMSProp and AdaMax at low strengths), and AMSGrad against Adam (counted: dampened). Each is
+    measured on every noise seed (the optimizers see the same noise) and decided on the mean over
+    the seeds with its t interval."""
     if ev.lowgrad is None:
         return Outcome(untestable="the low-gradient simulation was not run")
-    sim = ev.lowgrad.sort("iteration")
-    decay = {(r["optimizer"], r["strength"]): r for r in lowgrad_decay(sim).to_dicts()}
-    values = {k: dict(zip(g["iteration"], g["value"])) for k, g in sim.group_by("optimizer", "strength")}
+    horizon = int(ev.lowgrad["iteration"].max())
+    times: dict[tuple[str, float], dict[int, int | None]] = defaultdict(dict)
+    for r in lowgrad_decay(ev.lowgrad).iter_rows(named=True):
+        times[(r["optimizer"], r["strength"])][r["seed"]] = r["iters_to_zero"]
+    sgd_abs = {(s, seed, i): abs(v) for s, seed, i, v in ev.lowgrad.filter(pl.col("optimizer") == "sgd")
+               .select("strength", "seed", "iteration", "value").iter_rows()}
+    seeds = sorted({seed for per in times.values() for seed in per})
+    order = {o: i for i, o in enumerate(ev.lowgrad["optimizer"].unique(maintain_order=True))}
     comparisons = []
-    for (optimizer, strength), r in decay.items():
-        if optimizer == "sgd" or ("sgd", strength) not in decay:
+    for (optimizer, strength), ours in sorted(times.items(), key=lambda kv: (order[kv[0][0]], -kv[0][1])):
+        if optimizer == "sgd" or ("sgd", strength) not in times:
             continue
-        ours, ref, horizon = r["iters_to_zero"], decay[("sgd", strength)]["iters_to_zero"], r["iterations"]
-        if ours is None:
-            speedup, kept, status = None, None, "inconclusive" if ref is None else "fails"
-            shown = "never ~0"
-        else:
-            speedup = (ref if ref is not None else horizon) / ours  # SGD never ~0: a lower bound
-            kept = abs(values[("sgd", strength)][ours])
-            status = above(_exact(kept), SGD_KEEPS)
-            shown = f"{'at least ' if ref is None else ''}{speedup:.1f}x sooner"
+        ref = times[("sgd", strength)]
+        mine, theirs = [ours.get(seed) for seed in seeds], [ref.get(seed) for seed in seeds]
+        # per seed: what SGD keeps when the optimizer reaches ~0 (at the run's end where only SGD
+        # got there: it keeps shrinking, so less), and the speed-up; nothing where neither did
+        kept = [None if t is None and r is None else sgd_abs[(strength, seed, _or_end(t, horizon))]
+                for seed, t, r in zip(seeds, mine, theirs)]
+        speedup = [None if t is None and r is None else _or_end(r, horizon) / _or_end(t, horizon)
+                   for t, r in zip(mine, theirs)]
+        effect, tested = _over_seeds(speedup), _over_seeds(kept)
         comparisons.append(Comparison(
-            f"{optimizer} vs sgd at L2 {strength:g}", _settles(optimizer, ours, horizon),
-            _settles("sgd", ref, horizon), _exact(speedup), f"|sgd| > {SGD_KEEPS:g} when {optimizer} reaches ~0",
-            _exact(kept), status, counted=optimizer in _FAST and strength < LOW_STRENGTH,
-            effect_text=shown, tested_text="" if kept is None else f"|sgd| = {kept:.2f}"))
+            f"{optimizer} vs sgd at L2 {strength:g}", _settles(optimizer, mine, horizon),
+            _settles("sgd", theirs, horizon), effect, f"|sgd| > {SGD_KEEPS:g} when {optimizer} reaches ~0",
+            tested, above(tested, SGD_KEEPS), counted=optimizer in _FAST and strength < LOW_STRENGTH,
+            decimals=2, effect_text="never ~0" if math.isnan(effect.effect) else
+            f"{_plain(effect, 1, None in theirs)} x sooner",
+            tested_text="" if math.isnan(tested.effect) else f"|sgd| = {_plain(tested, 2)}",
+            why=_censored(mine, theirs, horizon) or _too_few(Sample.of(kept))))
     slow, fast = _DAMPENED
-    for strength in sorted({s for _, s in decay}, reverse=True):
-        if (slow, strength) not in decay or (fast, strength) not in decay:
+    for strength in sorted({s for _, s in times}, reverse=True):
+        if (slow, strength) not in times or (fast, strength) not in times:
             continue
-        t_slow, t_fast = decay[(slow, strength)]["iters_to_zero"], decay[(fast, strength)]["iters_to_zero"]
-        horizon = decay[(slow, strength)]["iterations"]
-        if t_fast is None:
-            later, status = None, "inconclusive" if t_slow is None else "fails"
-        else:
-            later = float((t_slow if t_slow is not None else horizon) - t_fast)  # AMSGrad never ~0: a lower bound
-            status = above(_exact(later))
+        t_slow, t_fast = [times[(slow, strength)].get(seed) for seed in seeds], \
+            [times[(fast, strength)].get(seed) for seed in seeds]
+        # per seed, how much later AMSGrad gets there; a seed that never does counts the run's end
+        # (a bound: later at least, or earlier at least), nothing where neither did
+        later = [None if a is None and b is None else float(_or_end(a, horizon) - _or_end(b, horizon))
+                 for a, b in zip(t_slow, t_fast)]
+        interval = _over_seeds(later)
         comparisons.append(Comparison(
             f"{slow} vs {fast} at L2 {strength:g}: dampened", _settles(slow, t_slow, horizon),
-            _settles(fast, t_fast, horizon), _exact(later), f"{slow} reaches ~0 later than {fast}",
-            _exact(later), status,
-            effect_text="" if later is None else
-            f"{'at least ' if t_slow is None else ''}{later:.0f} iterations later"))
-    return Outcome(comparisons, "a deterministic simulation (one fixed noise sequence, no seeds): no interval; "
-                   f"iterations resolve to the recording step; {sim['iteration'].max()} iterations simulated")
+            _settles(fast, t_fast, horizon), interval, f"{slow} reaches ~0 later than {fast}", interval,
+            above(interval), decimals=0, effect_text="" if math.isnan(interval.effect) else
+            f"{'at least ' if None in t_slow else ''}{interval.text(0)} iterations later",
+            why=_censored(t_slow, t_fast, horizon) or _too_few(Sample.of(later))))
+    return Outcome(comparisons, f"{len(seeds)} noise seeds, every optimizer on the same ones; iterations resolve "
+                   f"to the recording step; {horizon} iterations simulated")
 
 
 # --- claim 10 --------------------------------------------------------------------------------------
@@ -411,50 +461,63 @@ MATCHED_ERR = 0.5  # points of % test error: an explicit point matches when its 
 COMPARABLE = 10.0  # points of % FLOPs removed: "comparable to slimming" = implicit at least slimming's minus this
 # The explicit methods claim 10 compares with, and what it says of each
 EXPLICIT = {"l1norm": "far more", "slimming": "at par or better"}
+# What the methods themselves prescribe, so an implicit and an explicit configuration may differ in it:
+# the training recipe (optimizer and its LR, regularizer and its strength: Adam with L2 for implicit
+# sparsity, L1 on gamma for slimming, the usual L2 for L1-norm) and the pruning (every prune.* setting).
+# Every other setting that changes what is trained (the network, data, training schedule, precision,
+# remedy) must be the same; settings that change only how a trial runs or what it records
+# (RUN_SETTINGS) may differ.
+METHOD_SETTINGS = ("optimizer", "lr", "reg", "strength",
+                   *(alias for alias, path in alias_paths().items() if path.startswith("prune.")))
+RUN_SETTINGS = ("act_every", "snapshot_every", "eval_batch_size", "compile", "cuda_graph", "device")
 
 
-def _matched(implicit: dict, explicit: list[dict]) -> dict | None:
-    """The explicit configuration that removes the most FLOPs (mean over seeds) among those whose mean
-    pruned test error is at most MATCHED_ERR above the implicit one's; None when none is."""
-    budget = _sample(implicit, "pruned_test_err").mean + MATCHED_ERR
-    within_budget = [b for b in explicit if (err := _sample(b, "pruned_test_err").mean) is not None and err <= budget]
-    return max(within_budget, key=lambda b: _sample(b, "flops_pruned_pct").mean or 0.0, default=None)
+def _err(row: dict) -> float | None:
+    return _sample(row, "pruned_test_err").mean
 
 
 def claim10_explicit_pruning(ev: Evidence) -> Outcome:
-    """Per implicit configuration with dead filters removed and per explicit method on the same network
-    and data: its FLOPs removed against the method's best at matched test error."""
+    """Per implicit configuration with dead filters removed: its FLOPs removed against every explicit
+    configuration trained on the same network, data and schedule (METHOD_SETTINGS aside) whose mean
+    pruned test error is at most MATCHED_ERR above its own. Which explicit points are compared is
+    decided by their error alone, never by the FLOPs they remove (the quantity tested)."""
     configs = ev.pruning
     if configs is None or configs.is_empty() or "method" not in configs.columns:
         return Outcome(untestable="no pruning measured")
-    network = [c for c in NETWORK_SETTINGS if c in configs.columns]
-    rows = [r for r in configs.to_dicts() if _sample(r, "flops_pruned_pct").n and _sample(r, "pruned_test_err").n]
-    implicit = [r for r in rows if r["method"] == "none" and (_sample(r, "flops_pruned_pct").mean or 0.0) > 0]
+    def measured(row: dict) -> bool:
+        return bool(_sample(row, "flops_pruned_pct").n and _sample(row, "pruned_test_err").n)
+
+    implicit = [r for r in configs.filter(_is("method", "none")).to_dicts()
+                if measured(r) and _sample(r, "flops_pruned_pct").mean > 0]
+    explicit: dict[str, list[dict]] = defaultdict(list)  # implicit config -> explicit ones of its schedule
+    for a, b in pairs(configs, (*METHOD_SETTINGS, *RUN_SETTINGS), _is("method", "none"),
+                      pl.col("method").is_in(list(EXPLICIT))):
+        if measured(b):
+            explicit[a["config"]].append(b)
     comparisons, unmatched = [], []
     for a in implicit:
+        budget = _err(a) + MATCHED_ERR
         for method, word in EXPLICIT.items():
-            same = [b for b in rows if b["method"] == method and all(b[c] == a[c] for c in network)]
-            if not same:
-                continue
-            b = _matched(a, same)
-            if b is None:
+            same = [b for b in explicit[a["config"]] if b["method"] == method]
+            matched = [b for b in same if _err(b) <= budget]
+            if same and not matched:
                 unmatched.append(f"{method} at {a['config']}")
-                continue
-            left, right = _sample(a, "flops_pruned_pct"), _sample(b, "flops_pruned_pct")
-            if method == "l1norm":  # far more: a factor
-                tested, threshold = difference(left, right, FAR_MORE), 0.0
-                test = f"implicit - {FAR_MORE:g} x l1norm > 0"
-            else:  # at par or better: a margin
-                tested, threshold = difference(left, right), -COMPARABLE
-                test = f"implicit - slimming > -{COMPARABLE:g}"
-            errors = (_sample(a, "pruned_test_err").mean, _sample(b, "pruned_test_err").mean)
-            comparisons.append(Comparison(
-                f"{a['config']} (err {errors[0]:.2f}%) vs {method} {b['config']} (err {errors[1]:.2f}%): {word}",
-                _side(a["config"], left), _side(b["config"], right), difference(left, right), test, tested,
-                above(tested, threshold)))
-    note = (f"{len(implicit)} implicit configuration(s) with dead filters removed"
-            + (f"; no explicit configuration within {MATCHED_ERR:g} points of the error: {'; '.join(unmatched)}"
-               if unmatched else ""))
+            for b in matched:
+                left, right = _sample(a, "flops_pruned_pct"), _sample(b, "flops_pruned_pct")
+                if method == "l1norm":  # far more: a factor
+                    tested, threshold = difference(left, right, FAR_MORE), 0.0
+                    test = f"implicit - {FAR_MORE:g} x l1norm > 0"
+                else:  # at par or better: a margin
+                    tested, threshold = difference(left, right), -COMPARABLE
+                    test = f"implicit - slimming > -{COMPARABLE:g}"
+                comparisons.append(Comparison(
+                    f"{a['config']} (err {_err(a):.2f}%) vs {method} {b['config']} (err {_err(b):.2f}%): {word}",
+                    _side(a["config"], left), _side(b["config"], right), difference(left, right), test, tested,
+                    above(tested, threshold), why=_too_few(left, right)))
+    note = (f"{len(implicit)} implicit configuration(s) with dead filters removed; {len(comparisons)} comparison(s) "
+            f"with explicit configurations of the same network, data and schedule within {MATCHED_ERR:g} points of "
+            "its error"
+            + (f"; none within it: {'; '.join(unmatched)}" if unmatched else ""))
     if comparisons:
         return Outcome(comparisons, note)
     if not implicit:
@@ -462,7 +525,8 @@ def claim10_explicit_pruning(ev: Evidence) -> Outcome:
     elif unmatched:
         needs = f"explicit configurations within {MATCHED_ERR:g} points of the implicit test error (lower fractions)"
     else:
-        needs = "slimming or l1norm trials (prune.method, prune.fraction) on the same network and data"
+        needs = ("slimming or l1norm trials (prune.method, prune.fraction) on the same network, data and training "
+                 f"schedule (every setting but {', '.join((*METHOD_SETTINGS, *RUN_SETTINGS))})")
     return Outcome(note=note, untestable=f"needs {needs}")
 
 
@@ -521,23 +585,30 @@ CLAIMS: tuple[Claim, ...] = (
           "regime even with low regularization values', against SGD (0.1, momentum 0.9); the supplement expects "
           "AMSGrad (long-term max of squared gradients) to dampen the regularizer; nothing quantitative on Adagrad "
           "or Adadelta.",
-          f"Iterations until |scalar| stays below {SETTLED:g}. Counted: Adam, RMSProp, AdaMax vs SGD at each "
-          f"strength below {LOW_STRENGTH:g} (far faster: when the optimizer reaches ~0, SGD still keeps over "
-          f"{SGD_KEEPS:g} of the scalar), and AMSGrad vs Adam at each strength (dampened: AMSGrad later). "
-          f"Shown, not counted: the strength {LOW_STRENGTH:g} and above (SGD's own shrink of lambda a step "
-          "reaches ~0 there too), AMSGrad, Adagrad and Adadelta vs SGD.",
+          f"Iterations until |scalar| first falls below {SETTLED:g}, on each of several noise seeds (every optimizer "
+          f"sees the same noise); each comparison is decided on the mean over the seeds and its t interval "
+          "(scipy.stats.ttest_1samp). "
+          f"Counted: Adam, RMSProp, AdaMax vs SGD at each strength below {LOW_STRENGTH:g} (far faster: when the "
+          f"optimizer reaches ~0, SGD still keeps over {SGD_KEEPS:g} of the scalar), and AMSGrad vs Adam at each "
+          f"strength (dampened: AMSGrad later). Shown, not counted: the strength {LOW_STRENGTH:g} and above (SGD's "
+          "own shrink of lambda a step reaches ~0 there too), AMSGrad, Adagrad and Adadelta vs SGD. A seed in "
+          "which one side never reaches ~0 counts the run's end as its time (a bound: 'at least'); one in which "
+          "neither does leaves the comparison inconclusive.",
           claim9_low_gradient),
     Claim(10, "Removing the dead filters, without fine-tuning, prunes far more than L1-norm filter pruning and "
               "about as much as network slimming.",
           "main text: 70-80% of VGG-16's filters on CIFAR-10/100, against up to 34% of VGG-16's FLOPs by L1-norm "
           "pruning with retraining (Li et al. 2017); comparable to network slimming for VGG-11 on ImageNet.",
-          f"At matched test error, on the same network and data: each configuration of prune.method none with "
-          f"dead filters removed against each explicit method's configuration (any fraction, fine-tuned or not) "
-          f"that removes the most FLOPs (mean over seeds) while its pruned test error is at most {MATCHED_ERR:g} "
-          f"points above the implicit one's (means over seeds); the per-seed % of FLOPs removed compared. Far "
-          f"more than L1-norm: implicit > {FAR_MORE:g} x L1-norm (the paper: 70-80% of filters against 34% of "
-          f"FLOPs); about as much as slimming: implicit > slimming - {COMPARABLE:g} points (the paper: at par or "
-          "better). An implicit configuration no explicit one matches is named in the note, not counted.",
+          f"At matched test error, on the same network, data and training schedule (every setting the same but "
+          f"those the methods prescribe, {', '.join(METHOD_SETTINGS)}, and those that change only how a trial runs "
+          f"or what it records, {', '.join(RUN_SETTINGS)}): each configuration of prune.method none "
+          f"with dead filters removed against every explicit configuration (any fraction, fine-tuned or not) "
+          f"whose pruned test error is at most {MATCHED_ERR:g} points above the implicit one's (means over seeds), "
+          f"each a counted comparison: which explicit points are compared is decided by their error alone, never "
+          f"by the FLOPs they remove. The per-seed % of FLOPs removed compared. Far more than L1-norm: implicit > "
+          f"{FAR_MORE:g} x L1-norm (the paper: 70-80% of filters against 34% of FLOPs); about as much as slimming: "
+          f"implicit > slimming - {COMPARABLE:g} points (the paper: at par or better). An implicit configuration "
+          "no explicit one matches is named in the note, not counted.",
           claim10_explicit_pruning),
 )
 
@@ -562,9 +633,11 @@ def _summary(verdict: Verdict, counted: list[Comparison], outcome: Outcome) -> s
     held = sum(c.status == "holds" for c in counted)
     parts = [f"{held} of {len(counted)} counted comparisons hold"]
     for status in ("fails", "inconclusive"):
-        names = [c.name for c in counted if c.status == status]
-        if names:
-            parts.append(f"{status}: " + "; ".join(names))
+        reasons: dict[str, list[str]] = defaultdict(list)
+        for c in counted:
+            if c.status == status:
+                reasons[c.why].append(c.name)
+        parts += [f"{status}{f' ({why})' if why else ''}: " + "; ".join(names) for why, names in reasons.items()]
     return ". ".join(parts)
 
 
@@ -574,7 +647,7 @@ _COMPARISON_SCHEMA = {
     "effect": pl.Float64, "interval_low": pl.Float64, "interval_high": pl.Float64, "interval": pl.String,
     "test": pl.String, "tested": pl.Float64, "tested_low": pl.Float64, "tested_high": pl.Float64,
     "bound": pl.String, "bounded": pl.Float64, "bounded_low": pl.Float64, "bounded_high": pl.Float64,
-    "status": pl.String, "counted": pl.Boolean,
+    "status": pl.String, "why": pl.String, "counted": pl.Boolean,
     "left_text": pl.String, "right_text": pl.String, "effect_text": pl.String, "tested_text": pl.String,
 }
 _SHOWN = ("left_text", "right_text", "effect_text", "tested_text")  # for claims.md, not claims.csv
@@ -589,7 +662,7 @@ def _record(c: Comparison) -> dict[str, Any]:
         "interval_high": c.effect.high, "interval": c.effect.method, "test": c.test,
         "tested": c.tested.effect, "tested_low": c.tested.low, "tested_high": c.tested.high,
         "bound": c.bound or None, "bounded": bounded and bounded.effect, "bounded_low": bounded and bounded.low,
-        "bounded_high": bounded and bounded.high, "status": c.status, "counted": c.counted,
+        "bounded_high": bounded and bounded.high, "status": c.status, "why": c.why or None, "counted": c.counted,
         "left_text": c.left.text, "right_text": c.right.text,
         "effect_text": c.effect_text or c.effect.text(c.decimals),
         "tested_text": (c.tested_text or c.tested.text(c.decimals))
@@ -621,8 +694,9 @@ def claims_table(verdicts: pl.DataFrame) -> pl.DataFrame:
     """claims.csv: one row per claim (`comparison` null, `status` its verdict, `text` the claim), then
     one per comparison (`left`/`right` and their mean, std, n over seeds; `effect` left minus right
     with its interval and how it was made; `tested` and its interval, on which `status` is decided
-    against `test`, and `bounded` against `bound` where the claim says "slightly"; `counted` toward the
-    verdict). `interval` names how an interval was made (`stats.INTERVAL_METHODS`)."""
+    against `test`, and `bounded` against `bound` where the claim says "slightly"; `why` an inconclusive
+    status's reason where it is not the interval; `counted` toward the verdict). `interval` names how an
+    interval was made (`stats.INTERVAL_METHODS`)."""
     claims = verdicts.select("claim", pl.lit(None, pl.String).alias("comparison"), "text", "status",
                              pl.lit(None, pl.Boolean).alias("counted"))
     comparisons = verdicts.select("claim", "comparisons").explode("comparisons").drop_nulls("comparisons") \

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from sparsity_core.metrics import PruneMetrics, scalar_fields
+
 from .results import CONFIG_COLUMNS, NETWORK_SETTINGS, Frame, format_setting, labelled_trials, layer_columns
 
 if TYPE_CHECKING:  # the simulation itself needs torch; its output is plain numbers
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # the simulation itself needs torch; its output is plain numb
 
 __all__ = ["layer_profile", "seed_points", "snapshot_layers", "default_layers", "QUANTILES", "gamma_beta_quantiles",
            "universality_histogram", "TRAJECTORY_METRICS", "trajectories", "LOWGRAD_SCHEMA", "lowgrad_frame",
+           "lowgrad_bands",
            "METHOD_NAMES", "PRUNING_COLUMNS", "pruning_table"]
 
 
@@ -129,16 +132,17 @@ def trajectories(epochs: Frame, trials: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(_config_text).sort("config", "metric", "epoch").collect()
 
 
-LOWGRAD_SCHEMA = pl.Schema({"optimizer": pl.String, "strength": pl.Float64, "iteration": pl.Int64,
+LOWGRAD_SCHEMA = pl.Schema({"optimizer": pl.String, "strength": pl.Float64, "seed": pl.Int64, "iteration": pl.Int64,
                             "value": pl.Float64})
 
 
 def lowgrad_frame(trajectories: Sequence[Trajectory]) -> pl.DataFrame:
-    """The simulation's trajectories in long form: optimizer, strength, iteration, value."""
+    """The simulation's trajectories in long form: optimizer, strength, seed (of the noise), iteration, value."""
     return pl.DataFrame(
         {
             "optimizer": [t.optimizer for t in trajectories for _ in t.iterations],
             "strength": [t.strength for t in trajectories for _ in t.iterations],
+            "seed": [t.seed for t in trajectories for _ in t.iterations],
             "iteration": [i for t in trajectories for i in t.iterations],
             "value": [v for t in trajectories for v in t.values],
         },
@@ -146,20 +150,22 @@ def lowgrad_frame(trajectories: Sequence[Trajectory]) -> pl.DataFrame:
     )
 
 
+def lowgrad_bands(lowgrad: pl.DataFrame) -> pl.DataFrame:
+    """The scalar over the noise seeds of `lowgrad_frame`, per optimizer, strength and iteration:
+    `median`, `low` and `high` (the lowest and highest seed's value), `seeds`."""
+    return lowgrad.group_by("optimizer", "strength", "iteration").agg(
+        pl.col("value").median().alias("median"), pl.col("value").min().alias("low"),
+        pl.col("value").max().alias("high"), pl.len().cast(pl.Int64).alias("seeds"),
+    ).sort("optimizer", "strength", "iteration")
+
+
 # --- implicit vs explicit pruning ----------------------------------------------------------------
 
 # `prune.method` as the pruning table names it: `none` removes the dead filters (implicit sparsity).
 METHOD_NAMES = {"none": "implicit", "slimming": "slimming", "l1norm": "l1norm"}
-# pruning.csv: (column, trials column it averages over seeds); test_err is the pruned network's, as its
-# method leaves it (after fine-tuning where the method fine-tunes).
-PRUNING_COLUMNS = (
-    ("filters_removed_pct", "filters_removed_pct"),
-    ("conv_params_removed_pct", "conv_params_pruned_pct"),
-    ("flops_removed_pct", "flops_pruned_pct"),
-    ("test_err", "pruned_test_err"),
-    ("trained_test_err", "trained_test_err"),
-    ("speedup", "pruned_speedup"),
-)
+# pruning.csv's numbers, averaged over seeds under the trials' own names: PruneMetrics' numeric
+# fields (pruned_test_err: the pruned network as its method leaves it, after any fine-tuning).
+PRUNING_COLUMNS = tuple(c.name for c in scalar_fields(PruneMetrics) if c.type is float)
 
 
 def pruning_table(trials: pl.DataFrame) -> pl.DataFrame:
@@ -172,9 +178,9 @@ def pruning_table(trials: pl.DataFrame) -> pl.DataFrame:
     ok = labelled_trials(trials).filter(pl.col("pruned_test_err").is_not_null())
     ok = ok.with_columns(pl.col("method").replace_strict(METHOD_NAMES, default=pl.col("method")),
                          pl.col("finetuned").fill_null(False))
-    stats = [agg for out, col in PRUNING_COLUMNS for agg in (
-        pl.col(col).mean().alias(out), pl.col(col).std().alias(f"{out}_std"),
-        pl.col(col).min().alias(f"{out}_min"), pl.col(col).max().alias(f"{out}_max"))]
+    stats = [agg for col in PRUNING_COLUMNS for agg in (
+        pl.col(col).mean(), pl.col(col).std().alias(f"{col}_std"),
+        pl.col(col).min().alias(f"{col}_min"), pl.col(col).max().alias(f"{col}_max"))]
     table = ok.group_by(CONFIG_COLUMNS, maintain_order=True).agg(
         pl.col("config").first().alias("configuration"), *stats, pl.col("finetuned").any(),
         pl.col("seed").n_unique().alias("seeds"))
@@ -183,7 +189,7 @@ def pruning_table(trials: pl.DataFrame) -> pl.DataFrame:
              + "".join(f" {c}={format_setting(row[c])}" for c in networks)
              for row in table.select("method", "finetuned", *networks).to_dicts()]
     columns = ["method", "curve", "configuration", *NETWORK_SETTINGS, "fraction", "finetune_epochs",
-               *(f"{out}{suffix}" for out, _ in PRUNING_COLUMNS for suffix in ("", "_std", "_min", "_max")),
+               *(f"{col}{suffix}" for col in PRUNING_COLUMNS for suffix in ("", "_std", "_min", "_max")),
                "finetuned", "seeds"]
     return table.with_columns(pl.Series("curve", curve, dtype=pl.String)).select(columns).sort(
-        "curve", "flops_removed_pct", nulls_last=True)
+        "curve", "flops_pruned_pct", nulls_last=True)

@@ -21,7 +21,7 @@ from sparsity_core.config import PAPER_LRS, REMEDY_SETTINGS
 
 from .claims import configurations, pairs
 from .results import CONFIG_COLUMNS, METRICS, format_setting, implicit_trials
-from .stats import SEED_SPREAD, Sample, difference, direction
+from .stats import TOO_FEW_SEEDS, Sample, difference, direction, too_few
 
 __all__ = ["PaperTable", "PAPER_TABLES", "SETUP", "MATCH_KEYS", "PAPER_METRICS", "EFFECT_METRICS", "load_reference",
            "same_setup", "setup_mismatch", "compare_with_paper", "paper_effects"]
@@ -180,8 +180,9 @@ def paper_effects(trials: pl.DataFrame, reference: pl.DataFrame,
     (all else equal), and each table and dataset that has both of its settings: per metric, the
     effect here (left minus right, per-seed values of `results.per_trial` `trials`, with interval),
     the paper's effect (from its table's averages), and whether their directions agree (`same`,
-    `opposite`, `undecided` when our interval straddles 0 or the paper shows no change). Directions
-    only: the effects' sizes are not comparable across setups."""
+    `opposite`, `undecided` when our interval straddles 0, `undecided (needs 2+ seeds per side)`
+    without an interval, `paper: no change`). Directions only: the effects' sizes are not comparable
+    across setups."""
     configs = configurations(implicit_trials(trials), metrics)
     ref_rows = reference.to_dicts()
     order = {row["config"]: i for i, row in enumerate(configs.to_dicts())}
@@ -194,19 +195,21 @@ def paper_effects(trials: pl.DataFrame, reference: pl.DataFrame,
                 for m in metrics:
                     if ra[m] is None or rb[m] is None:
                         continue
-                    ours = difference(Sample.of(a[m] or []), Sample.of(b[m] or []), prior=SEED_SPREAD.get(m)) \
-                        if a[m] and b[m] else None
+                    left, right = Sample.of(a[m] or []), Sample.of(b[m] or [])
+                    ours = difference(left, right) if left.n and right.n else None
                     theirs = ra[m] - rb[m]
                     sign = None if ours is None else direction(ours)
                     agree = None if sign is None else sign * (1 if theirs > 0 else -1)
+                    agreement = "paper: no change" if theirs == 0 else _AGREEMENT[agree] + (
+                        f" ({TOO_FEW_SEEDS})" if ours is not None and too_few(left, right) else "")
                     rows.append({
                         "left": a["config"], "right": b["config"], "metric": m,
                         "effect": None if ours is None else ours.effect,
                         "interval_low": None if ours is None else ours.low,
                         "interval_high": None if ours is None else ours.high,
-                        "n_left": len(a[m] or []), "n_right": len(b[m] or []),
+                        "n_left": left.n, "n_right": right.n,
                         "paper_effect": theirs, "paper_source": f"{ra['source']} {ra['dataset']}",
-                        "agreement": _AGREEMENT[agree] if theirs != 0 else "paper: no change",
+                        "agreement": agreement,
                     })
     return pl.DataFrame(rows, schema={
         "left": pl.String, "right": pl.String, "metric": pl.String, "effect": pl.Float64,

@@ -261,25 +261,33 @@ def universality_figure(hist: pl.DataFrame) -> go.Figure:
     return fig
 
 
-def lowgrad_figure(lowgrad: pl.DataFrame) -> go.Figure:
+def lowgrad_figure(bands: pl.DataFrame) -> go.Figure:
     """The low-gradient simulation: the scalar against iterations, one panel per L2 strength, one
-    line per optimizer (the supplement's Fig. 3). Input: `figures.lowgrad_frame`."""
-    title = "Low-gradient regime: an L2-regularized scalar under each optimizer"
-    if lowgrad.is_empty():
+    line per optimizer (the supplement's Fig. 3): the median over the noise seeds and a band from
+    the lowest to the highest seed. Input: `figures.lowgrad_bands`."""
+    title = "Low-gradient regime: an L2-regularized scalar per optimizer (median over noise seeds, band: min to max)"
+    if bands.is_empty():
         return empty_figure(title, "no simulation data")
-    strengths = sorted(lowgrad["strength"].unique(), reverse=True)
+    strengths = sorted(bands["strength"].unique(), reverse=True)
     # SGD is the reference every adaptive optimizer is compared with: drawn last, on top, black
-    optimizers = sorted(set(lowgrad["optimizer"]), key=lambda o: (o == "sgd", o))
-    colors = {**_colors(o for o in optimizers if o != "sgd"), "sgd": "black"}
-    series = lowgrad.sort("iteration").partition_by("optimizer", "strength", as_dict=True)
+    optimizers = sorted(set(bands["optimizer"]), key=lambda o: (o == "sgd", o))
+    colors = {**_colors(o for o in optimizers if o != "sgd"), "sgd": "#000000"}
+    # float32 is exact enough to draw and halves the page (three curves of 1001 points a series)
+    series = bands.sort("iteration").with_columns(pl.col("median", "low", "high").cast(pl.Float32)) \
+        .partition_by("optimizer", "strength", as_dict=True)
     panels = [
-        (dict(type="scatter", x=d["iteration"].to_numpy(), y=d["value"].to_numpy(), mode="lines", name=optimizer,
-              legendgroup=optimizer, showlegend=c == 1,
-              line={"color": colors[optimizer], **({"dash": "dash", "width": 3} if optimizer == "sgd" else {})},
-              hovertemplate=f"{optimizer}, L2 {strength:g}<br>iteration %{{x}}: %{{y:.3g}}<extra></extra>"),
-         1, c)
+        trace
         for optimizer in optimizers for c, strength in enumerate(strengths, start=1)
         if (d := series.get((optimizer, strength))) is not None
+        for trace in (
+            (_band(d, "low", "high", colors[optimizer], 0.2, optimizer, x="iteration"), 1, c),
+            (dict(type="scatter", x=d["iteration"].to_numpy(), y=d["median"].to_numpy(), mode="lines", name=optimizer,
+                  legendgroup=optimizer, showlegend=c == 1,
+                  line={"color": colors[optimizer], **({"dash": "dash", "width": 3} if optimizer == "sgd" else {})},
+                  hovertemplate=f"{optimizer}, L2 {strength:g}<br>iteration %{{x}}: median %{{y:.3g}} over "
+                                f"{d['seeds'].max()} seeds<extra></extra>"),
+             1, c),
+        )
     ]
     fig = _panels(panels, rows=1, cols=len(strengths), titles=[f"L2 {s:g}" for s in strengths], shared_xaxes=False)
     fig.update_xaxes(title_text="iteration")
@@ -294,19 +302,21 @@ def pruning_figure(table: pl.DataFrame) -> go.Figure:
     the highest seed's error, horizontal bars one std of FLOPs removed. Implicit points are the dead
     filters removed, without fine-tuning. Input: `figures.pruning_table`."""
     title = "Implicit vs explicit pruning: test error against FLOPs removed (band: min to max over seeds)"
-    table = table.filter(pl.col("flops_removed_pct").is_not_null() & pl.col("test_err").is_not_null())
+    table = table.filter(pl.col("flops_pruned_pct").is_not_null() & pl.col("pruned_test_err").is_not_null())
     if table.is_empty():
         return empty_figure(title, "no pruning measured: the trials table has no pruned_test_err")
     colors = _colors(table["curve"])
     traces: list[Trace] = []
-    for (curve,), d in table.sort("flops_removed_pct").partition_by("curve", as_dict=True).items():
-        traces.append(_band(d, "test_err_min", "test_err_max", colors[curve], 0.15, curve, x="flops_removed_pct"))
+    for (curve,), d in table.sort("flops_pruned_pct").partition_by("curve", as_dict=True).items():
+        traces.append(_band(d, "pruned_test_err_min", "pruned_test_err_max", colors[curve], 0.15, curve,
+                            x="flops_pruned_pct"))
         traces.append(dict(
-            type="scatter", x=d["flops_removed_pct"].to_numpy(), y=d["test_err"].to_numpy(), mode="lines+markers",
-            name=curve, legendgroup=curve, line={"color": colors[curve]},
-            error_x={"type": "data", "array": d["flops_removed_pct_std"].fill_null(0.0).to_numpy()},
-            error_y={"type": "data", "symmetric": False, "array": (d["test_err_max"] - d["test_err"]).to_numpy(),
-                     "arrayminus": (d["test_err"] - d["test_err_min"]).to_numpy()},
+            type="scatter", x=d["flops_pruned_pct"].to_numpy(), y=d["pruned_test_err"].to_numpy(),
+            mode="lines+markers", name=curve, legendgroup=curve, line={"color": colors[curve]},
+            error_x={"type": "data", "array": d["flops_pruned_pct_std"].fill_null(0.0).to_numpy()},
+            error_y={"type": "data", "symmetric": False,
+                     "array": (d["pruned_test_err_max"] - d["pruned_test_err"]).to_numpy(),
+                     "arrayminus": (d["pruned_test_err"] - d["pruned_test_err_min"]).to_numpy()},
             customdata=d.select("filters_removed_pct", "seeds").to_numpy(), text=d["configuration"].to_list(),
             hovertemplate=f"{curve}<br>%{{text}}<br>FLOPs removed %{{x:.1f}}%, filters %{{customdata[0]:.1f}}%"
                           "<br>test error %{y:.2f}% (n %{customdata[1]})<extra></extra>",

@@ -3,10 +3,12 @@
 The sweep's results are read where they live: a folder (`results/quick`) or any URI the store writes
 (`s3://bucket/prefix/quick?endpoint_override=host:9000&scheme=http`, credentials from the AWS_*
 variables); a remote sweep's report goes to the local folder `report/<sweep>/` unless `--out` says.
-Files: table.md / table.csv (configurations averaged over seeds, the paper's values beside them where
-a supplement table has the configuration's setup), claims.md / claims.csv (the paper's claims checked
-on the per-seed values), early_stopping.md (what early stopping would have saved and lost on this
-sweep), pruning.csv (implicit vs explicit pruning, a row per configuration), pareto.html, layers.html,
+Files: table.md / table.csv (configurations of implicit sparsity averaged over seeds, the paper's
+values beside them where a supplement table has the configuration's setup), claims.md / claims.csv
+(the paper's claims checked on the per-seed values), early_stopping.md (what early stopping would have
+saved and lost on this sweep), pruning.csv (implicit vs explicit pruning, a row per configuration;
+explicit pipelines appear only there, in pruning.html, table.md's pruning section and claim 10),
+pareto.html, layers.html,
 trajectories.html, gamma_beta.html, universality.html, lowgrad.html, pruning.html and index.html
 linking them. The pages share one plotly.min.js written beside them, so the folder opens with no
 network.
@@ -179,30 +181,30 @@ def _paper_section(agg: pl.DataFrame, per_seed: pl.DataFrame | None) -> list[str
                   f"that differ in one setting a supplement table varies. Here: mean over seeds with its "
                   f"{stats.CONFIDENCE:.0%} interval (as in claims.md); paper: from its table (averages of 3 "
                   "runs, possibly another setup). Only the directions are compared (`same`, `opposite`, "
-                  "`undecided` when our interval holds 0), never the sizes.", "",
+                  "`undecided` when our interval holds 0, or has none: a side with one seed), never the sizes.", "",
                   markdown_table(effects_markdown(effects)), ""]
     return parts[:-1]
 
 
-# pruning.csv as table.md shows it: (pruning.csv column, header, decimals)
-_PRUNING = (
-    ("filters_removed_pct", "filters removed", 1),
-    ("conv_params_removed_pct", "conv params removed", 1),
-    ("flops_removed_pct", "FLOPs removed", 1),
-    ("speedup", "speedup", 2),
-    ("trained_test_err", "trained test err", 2),
-    ("test_err", "pruned test err", 2),
-)
+# pruning.csv (`figures.PRUNING_COLUMNS`) as table.md shows it: column -> (header, decimals), in this order
+_PRUNING = {
+    "filters_removed_pct": ("filters removed", 1),
+    "conv_params_pruned_pct": ("conv params removed", 1),
+    "flops_pruned_pct": ("FLOPs removed", 1),
+    "pruned_speedup": ("speedup", 2),
+    "trained_test_err": ("trained test err", 2),
+    "pruned_test_err": ("pruned test err", 2),
+}
 
 
 def pruning_markdown(table: pl.DataFrame) -> pl.DataFrame | None:
     """`figures.pruning_table` as text (mean ± std over seeds), for the configurations that removed
     something; None when none did."""
-    pruned = table.filter(pl.col("flops_removed_pct") > 0)
+    pruned = table.filter(pl.col("flops_pruned_pct") > 0)
     if pruned.is_empty():
         return None
     columns: dict[str, pl.Series | list] = {"curve": pruned["curve"], "configuration": pruned["configuration"]}
-    for column, header, decimals in _PRUNING:
+    for column, (header, decimals) in _PRUNING.items():
         columns[header] = _mean_std(pruned.rename({column: f"{column}_mean"}), column, decimals)
     columns["n"] = pruned["seeds"].cast(pl.String)
     return pl.DataFrame(columns)
@@ -215,23 +217,26 @@ def _csv_frame(agg: pl.DataFrame) -> pl.DataFrame:
                      how="horizontal")
 
 
-def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFrame | None = None,
-                 pruning: pl.DataFrame | None = None) -> None:
-    """table.md and table.csv; with `pruning` (`figures.pruning_table`) also pruning.csv and its
-    section of table.md."""
-    _csv_frame(agg).write_csv(out / "table.csv")
+def tables_markdown(agg: pl.DataFrame, sweep: str, per_seed: pl.DataFrame | None = None,
+                    pruning: pl.DataFrame | None = None) -> str:
+    """table.md: `agg` (`results.aggregate` of the implicit-sparsity trials), the paper beside it,
+    and with `pruning` (`figures.pruning_table`) the pruning section, the only place explicit
+    pipelines appear."""
+    explicit = 0 if pruning is None else pruning.filter(pl.col("method") != figures.METHOD_NAMES["none"]).height
     parts = [
         f"# {sweep}: results by configuration",
         "",
         "Mean ± std over seeds (n: seeds). Dead filters in % of a layer's filters at the final epoch: "
         "C1..Cn and total (gamma) count |gamma| < 1e-3; total (act.) counts filters that never activate "
-        "on the training set. Test errors in %.",
+        "on the training set. Test errors in %. Trials of prune.method none only (implicit sparsity)"
+        + (f"; the {explicit} explicit pruning configuration(s) (slimming, l1norm) are in the pruning section "
+           "below only: their last epoch measures the cut, fine-tuned network, not a trained one."
+           if explicit else "."),
         "",
-        markdown_table(results_markdown(agg)),
+        markdown_table(results_markdown(agg)) if agg.height else "No configuration of implicit sparsity.",
     ]
     parts += _paper_section(agg, per_seed)
     if pruning is not None:
-        pruning.write_csv(out / "pruning.csv")
         shown = pruning_markdown(pruning)
         if shown is not None:
             parts += [
@@ -248,12 +253,11 @@ def write_tables(agg: pl.DataFrame, out: Path, sweep: str, per_seed: pl.DataFram
                 "",
                 markdown_table(shown),
             ]
-    (out / "table.md").write_text("\n".join(parts) + "\n")
+    return "\n".join(parts) + "\n"
 
 
 def _claims_method() -> list[str]:
     """claims.md's reading guide; every number is the one the code uses."""
-    prior = stats.SEED_SPREAD[claims.SPARSITY]
     return [
         "How to read it:",
         "",
@@ -264,16 +268,16 @@ def _claims_method() -> list[str]:
         "interval clears the claim's threshold, **fails** when none of it does (the data contradict the claim "
         "beyond noise), **inconclusive** when it straddles the threshold or no interval can be formed.",
         "- Intervals: Welch's t interval over the seeds (scipy.stats.ttest_ind, equal_var=False) when both sides "
-        "have two seeds or more. Where the seeds give no spread (a side with one seed, or every seed equal on "
-        f"both sides), both sides are given a prior per-seed standard deviation of {prior:g} points of % dead "
-        "filters (the largest spread between seeds seen on 2-seed digits sweeps at 1/8 width: 1 to 3 points) "
-        "and a normal interval (scipy.stats.norm): one seed decides only an effect well beyond that spread. "
-        "Claim 8's change in test error has no prior: with one seed it is inconclusive.",
+        "have two seeds or more; claim 8's paired change, a t interval of its mean over the seeds. A side with "
+        f"one seed has no spread to estimate: the comparison shows its effect, no interval, and is **inconclusive "
+        f"({stats.TOO_FEW_SEEDS})**, whatever the effect's size; it never holds or fails. Claim 9's simulation "
+        "runs several noise seeds and is decided the same way, on the mean over them.",
         f"- Thresholds, from the paper's numbers: far more = more than {claims.FAR_MORE:g}x (claim 1); much "
         f"fewer = under {claims.MUCH_LESS:g}x (claim 4); slightly = by at most {claims.SLIGHTLY:.0%} (claims 5 "
         f"and 6); unchanged = within ±{claims.UNCHANGED:g} points (claim 8, an equivalence margin); claim 10 "
-        f"compares % of FLOPs removed at matched test error (an explicit configuration within "
-        f"{claims.MATCHED_ERR:g} points of the implicit one's error), far more = over {claims.FAR_MORE:g}x, "
+        f"compares % of FLOPs removed at matched test error (every explicit configuration of the same network, "
+        f"data and training schedule whose mean error is within {claims.MATCHED_ERR:g} points of the implicit "
+        f"one's, chosen by error alone, never by the FLOPs it removes), far more = over {claims.FAR_MORE:g}x, "
         f"about as much = at most {claims.COMPARABLE:g} points fewer; more, "
         "fewer, raises, lowers = the direction alone (threshold 0). Each *test* is a contrast that must be "
         "above 0 (far more: adam - 2 x sgd > 0); *tested* gives its value and interval, the effect itself when "
@@ -290,9 +294,9 @@ def _claims_method() -> list[str]:
     ]
 
 
-def write_claims(verdicts: pl.DataFrame, out: Path, sweep: str) -> None:
-    """claims.md (every claim: what the paper states and where, how it is tested, its verdict and
-    comparisons) and claims.csv (`claims.claims_table`)."""
+def claims_markdown(verdicts: pl.DataFrame, sweep: str) -> str:
+    """claims.md: every claim (what the paper states and where, how it is tested, its verdict and
+    comparisons) of `claims.check_claims`."""
     lines = [f"# The paper's claims, checked on {sweep}", "", *_claims_method()]
     for row in verdicts.to_dicts():
         lines += [f"## {row['claim']}. {row['status']}: {row['text']}", "",
@@ -304,11 +308,10 @@ def write_claims(verdicts: pl.DataFrame, out: Path, sweep: str) -> None:
                 "comparison": c["comparison"], "left": c["left_text"], "right": c["right_text"],
                 "effect": c["effect_text"], "test": "; ".join(filter(None, (c["test"], c["bound"]))),
                 "tested": c["tested_text"],
-                "status": c["status"] if c["counted"] else "(not counted)",
+                "status": (c["status"] + (f" ({c['why']})" if c["why"] else "")) if c["counted"] else "(not counted)",
             } for c in row["comparisons"]])
             lines += [markdown_table(table), ""]
-    (out / "claims.md").write_text("\n".join(lines).rstrip() + "\n")
-    claims.claims_table(verdicts).write_csv(out / "claims.csv")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # --- early stopping --------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ def replay_early_stopping(tables: results.Results, spec: SweepSpec | None = None
         raise ReportError(f"cannot replay early stopping on this sweep: {e}") from None
 
 
-def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: Path, sweep: str) -> None:
+def early_stopping_markdown(tables: results.Results, spec: SweepSpec | None, sweep: str) -> str:
     """early_stopping.md: the replay's savings, the front points it would have lost, per rung the
     trials it would have stopped and how well the rung ranks the trials as they end; or why the
     sweep cannot be replayed."""
@@ -336,8 +339,7 @@ def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: P
     try:
         r = replay_early_stopping(tables, spec)
     except ReportError as e:
-        (out / "early_stopping.md").write_text("\n".join([*lines, f"Not replayed: {e}", ""]))
-        return
+        return "\n".join([*lines, f"Not replayed: {e}", ""])
     source = "the sweep file's settings" if spec is not None and spec.early_stopping else "the scheduler's defaults"
     lost = ", ".join(f"{p['trial_id']} (at epoch {p['epoch']})" for p in r.front_stopped) or "none"
     lines += [
@@ -362,7 +364,7 @@ def write_early_stopping(tables: results.Results, spec: SweepSpec | None, out: P
         markdown_table(pl.DataFrame(r.rank_correlation).with_columns(pl.col("kendall_tau", "p_value").cast(pl.Float64).round(3))),
         "",
     ]
-    (out / "early_stopping.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 # --- figures and index -----------------------------------------------------------------------------
@@ -385,12 +387,14 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "filter-sparsity"
 
 
-def lowgrad_data(iterations: int = 10_000) -> pl.DataFrame:
-    """The low-gradient simulation (`figures.lowgrad_frame`), computed once per iterations count and
-    version of its code and of torch, then read from a small cache file under
-    `$XDG_CACHE_HOME/filter-sparsity/` (default `~/.cache`): its result never changes, and computing
-    it costs seconds and importing torch (~650 MB). No writable cache: computed every time."""
-    key = hashlib.sha256(json.dumps({"iterations": iterations, "torch": metadata.version("torch")}).encode())
+def lowgrad_data(iterations: int = 10_000, noise_seeds: int | None = None) -> pl.DataFrame:
+    """The low-gradient simulation (`figures.lowgrad_frame`) over `noise_seeds` noise sequences (None:
+    the simulation's own default, `sparsity_core.lowgrad.NOISE_SEEDS`), computed once per iterations
+    count, number of seeds and version of its code and of torch, then read from a small cache file
+    under `$XDG_CACHE_HOME/filter-sparsity/` (default `~/.cache`): its result never changes, and
+    computing it costs seconds and importing torch (~650 MB). No writable cache: computed every time."""
+    params = {"iterations": iterations, "noise_seeds": noise_seeds}
+    key = hashlib.sha256(json.dumps({**params, "torch": metadata.version("torch")}).encode())
     for module in _LOWGRAD_CODE:
         key.update(Path(importlib.util.find_spec(module).origin).read_bytes())
     path = _cache_dir() / f"lowgrad-{key.hexdigest()[:16]}.parquet"
@@ -402,7 +406,7 @@ def lowgrad_data(iterations: int = 10_000) -> pl.DataFrame:
         pass  # not cached yet, or a damaged file: computed and written again below
     from sparsity_core.lowgrad import simulate_low_gradient  # torch, on a cache miss only
 
-    frame = figures.lowgrad_frame(simulate_low_gradient(iterations=iterations))
+    frame = figures.lowgrad_frame(simulate_low_gradient(**{k: v for k, v in params.items() if v is not None}))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")  # renamed into place: readers see whole files
@@ -417,12 +421,13 @@ def write_lowgrad(out: str | Path, iterations: int = 10_000) -> Path:
     """Write `<out>/lowgrad.html` (and the plotly.min.js it loads) from `lowgrad_data`."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_pages({"lowgrad.html": plots.lowgrad_figure(lowgrad_data(iterations))}, folder)
+    _write_pages({"lowgrad.html": plots.lowgrad_figure(figures.lowgrad_bands(lowgrad_data(iterations)))}, folder)
     return folder / "lowgrad.html"
 
 
-def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, verdicts: pl.DataFrame) -> str:
+def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, pruning: pl.DataFrame, verdicts: pl.DataFrame) -> str:
     statuses = trials["status"].value_counts(sort=True).rows()
+    explicit = pruning.filter(pl.col("method") != figures.METHOD_NAMES["none"]).height
     varying = ", ".join(results.varying_settings(agg)) or "nothing"
     links = [("table.md", "results by configuration (Markdown)"), ("table.csv", "the same, every number (CSV)"),
              ("claims.md", "the paper's claims checked"),
@@ -442,7 +447,8 @@ def _index(sweep: str, trials: pl.DataFrame, agg: pl.DataFrame, verdicts: pl.Dat
 <body style="font-family: sans-serif; max-width: 60em">
 <h1>{html.escape(sweep)}</h1>
 <p>{trials.height} trials ({html.escape(", ".join(f"{n} {s}" for s, n in statuses))});
-{agg.height} configurations, averaged over seeds; varying: {html.escape(varying)}.</p>
+{agg.height} configurations of implicit sparsity, averaged over seeds; varying: {html.escape(varying)}{
+f"; {explicit} explicit pruning configurations (pruning.html, pruning.csv)" if explicit else ""}.</p>
 <ul>
 {items}
 </ul>
@@ -501,19 +507,22 @@ def build_report(
     spec: SweepSpec | None = None,
 ) -> Path:
     """Write every report file for the sweep at `sweep_dir` (a folder or a URI; see
-    `results.open_sweep`) into the local folder `out` (default: `_default_out`). Every table and
-    figure is computed before the first file is written. `spec`: the sweep file, whose
-    early-stopping settings the replay uses (default: the scheduler's)."""
+    `results.open_sweep`) into the local folder `out` (default: `_default_out`). Every file's
+    content is computed before the first file is written, so bad input leaves nothing behind.
+    table.md/.csv and the figures but pruning.html show implicit sparsity (prune.method none); the
+    explicit pipelines appear in pruning.csv/.html, table.md's pruning section and claim 10.
+    `spec`: the sweep file, whose early-stopping settings the replay uses (default: the scheduler's)."""
     if out is not None and "://" in str(out):
         raise ReportError(f"--out {out}: the report is written to a local folder; pass a path (e.g. report/)")
     store = _open(sweep_dir)
     tables = _load(store)
     try:
-        agg = results.aggregate(tables.trials, tables.layers)
-        if agg.is_empty():
+        if results.labelled_trials(tables.trials).is_empty():
             counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
             raise ReportError(f"{sweep_dir}: no trial finished ok ({counts}); see the `error` column of "
                               "trials/*.parquet, fix the cause and run the sweep again")
+        implicit = results.implicit_trials(tables.trials)
+        agg = results.aggregate(implicit, tables.layers)
         # the network's conv layers, from the final per-layer counts already read (every finished
         # trial snapshots its filters at its last epoch, so the filters table has the same ones)
         known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
@@ -526,17 +535,23 @@ def build_report(
         lowgrad = lowgrad_data(lowgrad_iterations)
         verdicts = claims.check_claims(per_seed, lowgrad)
         pruning = figures.pruning_table(tables.trials)
+        files: dict[str, str | pl.DataFrame] = {
+            "table.md": tables_markdown(agg, store.sweep, per_seed, pruning),
+            "table.csv": _csv_frame(agg),
+            "pruning.csv": pruning,
+            "claims.md": claims_markdown(verdicts, store.sweep),
+            "claims.csv": claims.claims_table(verdicts),
+            "early_stopping.md": early_stopping_markdown(tables, spec, store.sweep),
+            "index.html": _index(store.sweep, tables.trials, agg, pruning, verdicts),
+        }
         pages = {
-            "pareto.html": plots.pareto_figure(results.pareto_points(results.implicit_trials(agg)),
-                                               figures.seed_points(results.implicit_trials(tables.trials)),
-                                               results.stopped_points(tables.trials)),
+            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(implicit),
+                                               results.stopped_points(implicit)),
             "layers.html": plots.layers_figure(figures.layer_profile(agg)),
-            "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, tables.trials)),
-            "gamma_beta.html": plots.gamma_beta_figure(
-                figures.gamma_beta_quantiles(tables.filters, tables.trials, chosen)),
-            "universality.html": plots.universality_figure(
-                figures.universality_histogram(tables.filters, tables.trials)),
-            "lowgrad.html": plots.lowgrad_figure(lowgrad),
+            "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, implicit)),
+            "gamma_beta.html": plots.gamma_beta_figure(figures.gamma_beta_quantiles(tables.filters, implicit, chosen)),
+            "universality.html": plots.universality_figure(figures.universality_histogram(tables.filters, implicit)),
+            "lowgrad.html": plots.lowgrad_figure(figures.lowgrad_bands(lowgrad)),
             "pruning.html": plots.pruning_figure(pruning),
         }
     except _READ_ERRORS as e:
@@ -545,11 +560,12 @@ def build_report(
 
     target = Path(out) if out is not None else _default_out(store)
     target.mkdir(parents=True, exist_ok=True)
-    write_tables(agg, target, store.sweep, per_seed, pruning)
-    write_claims(verdicts, target, store.sweep)
-    write_early_stopping(tables, spec, target, store.sweep)
+    for name, content in files.items():
+        if isinstance(content, pl.DataFrame):
+            content.write_csv(target / name)
+        else:
+            (target / name).write_text(content)
     _write_pages(pages, target)
-    (target / "index.html").write_text(_index(store.sweep, tables.trials, agg, verdicts))
     return target
 
 

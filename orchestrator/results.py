@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from sparsity_core.config import REMEDY_SETTINGS, TrialConfig, settings
 from sparsity_core.metrics import EpochMetrics, PruneMetrics, scalar_fields
 
+from .objectives import default_objectives
 from .pareto import Mode, non_dominated_ranks, to_costs
 from .store import TABLES, TRIAL_METRICS, ResultStore
 
@@ -254,11 +255,12 @@ def pareto_front(df: pl.DataFrame, objectives: Mapping[str, Mode]) -> pl.Series:
     return pl.Series("on_pareto_front", on_front, dtype=pl.Boolean)
 
 
-PARETO_OBJECTIVES: dict[str, Mode] = {"dead_gamma_pct_mean": "max", "test_err_mean": "min"}
+# The study's trade-off (`objectives.default_objectives`), on the means over seeds of `aggregate`.
+PARETO_OBJECTIVES: dict[str, Mode] = {f"{o.metric}_mean": o.mode for o in default_objectives()}
 
 
 def pareto_points(agg: pl.DataFrame) -> pl.DataFrame:
-    """`agg` with `on_front`: not dominated in (most dead filters, least test error)."""
+    """`agg` with `on_front`: not dominated in PARETO_OBJECTIVES (most dead filters, least test error)."""
     return agg.with_columns(pareto_front(agg, PARETO_OBJECTIVES).alias("on_front"))
 
 

@@ -1,10 +1,10 @@
 """Effects between groups of seeds: the effect, its confidence interval, and a status against a
 threshold. The one place the report does statistics; every interval comes from scipy.stats.
 
-Seeds are samples: an effect is decided only when its whole interval clears the threshold. Where the
-seeds cannot estimate a spread (a side with one seed, or every seed equal on both sides), a metric's
-prior per-seed spread (`SEED_SPREAD`) stands in for both sides; a metric without one is then
-undecided.
+Seeds are samples: an effect is decided only when its whole interval clears the threshold, and a
+side with one seed gives no interval (its spread is unknown, and a spread borrowed from other
+sweeps would let seed noise decide): such a comparison shows its effect and is inconclusive
+(`TOO_FEW_SEEDS`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,19 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-__all__ = ["CONFIDENCE", "SEED_SPREAD", "Status", "Sample", "Interval", "difference", "mean_of", "above",
-           "within", "direction", "INTERVAL_METHODS"]
+__all__ = ["CONFIDENCE", "TOO_FEW_SEEDS", "Status", "Sample", "Interval", "difference", "mean_of", "too_few",
+           "above", "within", "direction", "INTERVAL_METHODS"]
 
 CONFIDENCE = 0.95  # two-sided, for every interval of the report
-# Prior per-seed standard deviation, in points of % dead filters: the largest spread between seeds
-# seen on 2-seed digits sweeps at 1/8 width (1 to 3 points). Wider nets spread less, so it errs wide.
-SEED_SPREAD: dict[str, float] = {"dead_gamma_pct": 3.0, "dead_act_pct": 3.0}
+TOO_FEW_SEEDS = "needs 2+ seeds per side"  # why a comparison without an interval is inconclusive
 
 Status = Literal["holds", "fails", "inconclusive"]
-Method = Literal["welch", "t", "prior", "exact", "none"]
+Method = Literal["welch", "t", "exact", "none"]
 INTERVAL_METHODS: dict[str, str] = {
     "welch": "Welch t interval over the seeds (scipy.stats.ttest_ind, equal_var=False)",
     "t": "t interval of the mean over the seeds (scipy.stats.ttest_1samp)",
-    "prior": "normal interval with the prior seed spread (scipy.stats.norm)",
-    "exact": "nothing to estimate (every seed gave the same value, or the quantity is deterministic): "
-             "the interval is the value",
-    "none": "no interval: one seed and no prior spread for this metric",
+    "exact": "nothing to estimate (every seed gave the same value, on both sides): the interval is the value",
+    "none": "no interval (inconclusive): a side has fewer than 2 seeds, or a seed has no value",
 }
 
 
@@ -92,26 +88,29 @@ def _interval(effect: float, bounds: tuple[float, float], method: Method) -> Int
     return Interval(effect, float(bounds[0]), float(bounds[1]), method)
 
 
-def difference(left: Sample, right: Sample, factor: float = 1.0, prior: float | None = None) -> Interval:
+def too_few(*samples: Sample) -> bool:
+    """Whether a side has fewer than two seeds: its spread is unknown, so nothing is decided."""
+    return any(s.n < 2 for s in samples)
+
+
+def difference(left: Sample, right: Sample, factor: float = 1.0) -> Interval:
     """mean(left) - factor * mean(right). Welch's t interval when both sides have two seeds or more
-    and some spread; otherwise a normal interval with per-seed std `prior` on both sides, or, with
-    no prior, the exact value (seeds without spread) or no interval (a single seed)."""
+    and some spread; the exact value when no seed differs from another on either side; no interval
+    when a side has fewer than two seeds (`too_few`)."""
     scaled = right.scaled(factor)
     effect = left.mean - scaled.mean
-    if left.n > 1 and right.n > 1 and (left.spread or right.spread):
+    if too_few(left, right):
+        return Interval(effect, None, None, "none")
+    if left.spread or right.spread:
         result = stats.ttest_ind(left.values, scaled.values, equal_var=False)
         return _interval(effect, result.confidence_interval(CONFIDENCE), "welch")
-    if prior is not None:
-        scale = prior * math.sqrt(1 / left.n + factor**2 / right.n)
-        return _interval(effect, stats.norm.interval(CONFIDENCE, loc=effect, scale=scale), "prior")
-    if left.n > 1 and right.n > 1:
-        return Interval(effect, effect, effect, "exact")
-    return Interval(effect, None, None, "none")
+    return Interval(effect, effect, effect, "exact")
 
 
 def mean_of(sample: Sample) -> Interval:
-    """The mean of paired per-seed differences with its t interval (exact when all are equal)."""
-    if sample.n < 2:
+    """The mean of per-seed values (paired differences) with its t interval (exact when all are
+    equal; none below two seeds)."""
+    if too_few(sample):
         return Interval(sample.mean, None, None, "none")
     if not sample.spread:
         return Interval(sample.mean, sample.mean, sample.mean, "exact")

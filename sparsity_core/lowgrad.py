@@ -8,6 +8,8 @@ adaptive optimizer divides the whole gradient by its running scale, which the ti
 so the L2 term can take far larger steps and drive the scalar to ~0.
 
 Reading of the paper's N(0, s): `s` is the standard deviation (the text gives no other hint).
+The paper draws one noise sequence; a figure of one draw cannot say which differences are the
+noise's, so the simulation runs several (`noise_seeds`) and every optimizer sees the same ones.
 """
 
 from __future__ import annotations
@@ -19,25 +21,29 @@ import torch
 
 from .optim import OPTIMIZERS
 
-__all__ = ["Trajectory", "simulate_low_gradient", "DEFAULT_STRENGTHS"]
+__all__ = ["Trajectory", "simulate_low_gradient", "DEFAULT_STRENGTHS", "NOISE_SEEDS"]
 
 DEFAULT_STRENGTHS = (1e-3, 1e-4, 1e-5)
+NOISE_SEEDS = 10  # noise sequences drawn: enough for a t interval over them, at no extra cost (see below)
 
 
 @dataclass(frozen=True)
 class Trajectory:
-    """The scalar's value under one optimizer and L2 strength, at the recorded iterations
-    (iteration 0 is the initial value 1)."""
+    """The scalar's value under one optimizer, L2 strength and noise sequence (`seed`), at the
+    recorded iterations (iteration 0 is the initial value 1)."""
 
     optimizer: str
     strength: float
+    seed: int
     iterations: tuple[int, ...]
     values: tuple[float, ...]
 
 
-def _noise(iterations: int, switch_at: int, early_std: float, late_std: float, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(iterations, generator=generator, dtype=torch.float64)
+def _noise(iterations: int, switch_at: int, early_std: float, late_std: float, seeds: Sequence[int]) -> torch.Tensor:
+    """(iterations, len(seeds)): a column per seed, each drawn by its own generator."""
+    columns = [torch.randn(iterations, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+               for seed in seeds]
+    noise = torch.stack(columns, dim=1)
     noise[:switch_at] *= early_std
     noise[switch_at:] *= late_std
     return noise
@@ -52,20 +58,24 @@ def simulate_low_gradient(
     early_std: float = 1e-3,
     late_std: float = 1e-5,
     record_every: int = 10,
-    seed: int = 0,
+    noise_seeds: int = NOISE_SEEDS,
 ) -> list[Trajectory]:
-    """One trajectory per optimizer and strength; every optimizer sees the same noise sequence.
+    """One trajectory per optimizer, strength and noise seed (0 .. noise_seeds - 1); every optimizer
+    sees the same noise sequences.
 
-    The strengths run side by side as the elements of one parameter vector: every optimizer here is
-    elementwise, and adding lambda * p to the gradient by hand is exactly its coupled `weight_decay`.
+    The strengths and seeds run side by side as the elements of one parameter vector (element
+    `strength_index * noise_seeds + seed`): every optimizer here is elementwise, and adding
+    lambda * p to the gradient by hand is exactly its coupled `weight_decay`. A step costs the
+    same for one element as for thirty, so seeds add nothing to the time.
     """
-    if iterations <= 0 or record_every <= 0:
-        raise ValueError("iterations and record_every must be positive")
+    if iterations <= 0 or record_every <= 0 or noise_seeds <= 0:
+        raise ValueError("iterations, record_every and noise_seeds must be positive")
     unknown = [name for name in optimizers if name not in OPTIMIZERS]
     if unknown:
         raise ValueError(f"unknown optimizer(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
-    noise = _noise(iterations, switch_at, early_std, late_std, seed)
-    lam = torch.tensor(list(strengths), dtype=torch.float64)
+    seeds = range(noise_seeds)
+    noise = _noise(iterations, switch_at, early_std, late_std, seeds).repeat(1, len(strengths))
+    lam = torch.tensor(list(strengths), dtype=torch.float64).repeat_interleave(noise_seeds)
     recorded = [0, *range(record_every, iterations + 1, record_every)]
     out: list[Trajectory] = []
     for name in optimizers:
@@ -79,8 +89,7 @@ def simulate_low_gradient(
                 optimizer.step()
                 if (i + 1) % record_every == 0:
                     history.append(p.detach().clone())
-        values = torch.stack(history).T.tolist()  # [strength][recorded iteration]
-        out.extend(
-            Trajectory(name, float(s), tuple(recorded), tuple(v)) for s, v in zip(lam.tolist(), values)
-        )
+        values = torch.stack(history).T.tolist()  # [element][recorded iteration]
+        elements = [(float(s), seed) for s in strengths for seed in seeds]
+        out.extend(Trajectory(name, s, seed, tuple(recorded), tuple(v)) for (s, seed), v in zip(elements, values))
     return out

@@ -229,13 +229,15 @@ def test_pruning_table_and_figure_on_planted_trials() -> None:
     assert table["curve"].to_list() == ["implicit"] * 3 + ["l1norm (fine-tuned)"] * 2  # one network: no suffix
     strong = table.filter(pl.col("configuration").str.contains("optimizer=adam strength=0.001"))
     row = strong.row(0, named=True)
-    assert (row["flops_removed_pct"], row["test_err"], row["test_err_min"], row["test_err_max"], row["seeds"]) == \
-        (12.0, pytest.approx(2.2), 2.0, 2.4, 2)  # the failed seed left out
-    assert row["conv_params_removed_pct"] == 17.0 and row["filters_removed_pct"] == 6.0 and not row["finetuned"]
+    assert (row["flops_pruned_pct"], row["pruned_test_err"], row["pruned_test_err_min"], row["pruned_test_err_max"],
+            row["seeds"]) == (12.0, pytest.approx(2.2), 2.0, 2.4, 2)  # the failed seed left out
+    assert row["conv_params_pruned_pct"] == 17.0 and row["filters_removed_pct"] == 6.0 and not row["finetuned"]
+    # the trials' own names, nothing renamed: a column is a PruneMetrics field, or its _std/_min/_max
+    assert set(figures.PRUNING_COLUMNS) <= set(table.columns) and "test_err" not in table.columns
     old = table.filter(pl.col("configuration").str.contains("amsgrad")).row(0, named=True)
     assert old["filters_removed_pct"] is None and old["finetuned"] is False and old["method"] == "implicit"
     l1_rows = table.filter(pl.col("method") == "l1norm")
-    assert l1_rows["flops_removed_pct"].to_list() == [30.0, 50.0] and l1_rows["finetuned"].all()
+    assert l1_rows["flops_pruned_pct"].to_list() == [30.0, 50.0] and l1_rows["finetuned"].all()
     assert l1_rows["fraction"].to_list() == [0.3, 0.5] and l1_rows["seeds"].to_list() == [1, 2]
     fig = plots.pruning_figure(table)
     curves = [t for t in fig.data if t.mode == "lines+markers"]
@@ -247,3 +249,18 @@ def test_pruning_table_and_figure_on_planted_trials() -> None:
     curves = set(figures.pruning_table(frame([*rows, vgg], "trials"))["curve"])
     assert {"implicit model=basicnet", "implicit model=vgg16", "l1norm (fine-tuned) model=basicnet"} == curves
     assert "no pruning measured" in plots.pruning_figure(table.clear()).layout.annotations[0].text
+
+
+def test_lowgrad_bands_over_the_noise_seeds() -> None:
+    values = {0: [1.0, 0.5, 0.1], 1: [1.0, 0.6, 0.3], 2: [1.0, 0.9, 0.2]}  # seed -> value at iterations 0, 10, 20
+    sim = pl.DataFrame([{"optimizer": o, "strength": 1e-4, "seed": seed, "iteration": 10 * i, "value": v}
+                        for o in ("adam", "sgd") for seed, vs in values.items() for i, v in enumerate(vs)],
+                       schema=figures.LOWGRAD_SCHEMA)
+    bands = figures.lowgrad_bands(sim).filter(pl.col("optimizer") == "adam")
+    assert bands["iteration"].to_list() == [0, 10, 20] and bands["seeds"].to_list() == [3, 3, 3]
+    assert bands["median"].to_list() == [1.0, 0.6, 0.2]
+    assert bands["low"].to_list() == [1.0, 0.5, 0.1] and bands["high"].to_list() == [1.0, 0.9, 0.3]
+    fig = plots.lowgrad_figure(figures.lowgrad_bands(sim))
+    lines = [t for t in fig.data if t.mode == "lines" and t.fill != "toself"]
+    assert [t.name for t in lines] == ["adam", "sgd"] and list(lines[0].y) == pytest.approx([1.0, 0.6, 0.2])
+    assert sum(t.fill == "toself" for t in fig.data) == 2  # a band of seeds per optimizer

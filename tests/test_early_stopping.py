@@ -452,19 +452,14 @@ def test_replay_cli_on_a_planted_store(tmp_path, capsys) -> None:
     assert result["epochs_saved_pct"] == pytest.approx(100 * 12 / 45)
 
     # The report's page says the same.
-    out = tmp_path / "report"
-    out.mkdir()
-    report.write_early_stopping(load_results(store.path), load_spec(sweep).spec, out, "planted")
-    page = (out / "early_stopping.md").read_text()
+    page = report.early_stopping_markdown(load_results(store.path), load_spec(sweep).spec, "planted")
     assert "2 of 5 trials stopped, 12 of 45 epochs saved (**26.7%**)" in page
     assert "size 3, **2 kept**; stopped: t2 (at epoch 3)" in page and "the sweep file's settings" in page
     # Two trials: too few for a rank correlation, which the page shows blank.
     two = dataclasses.replace(load_results(store.path), trials=load_results(store.path).trials.head(2))
-    report.write_early_stopping(two, load_spec(sweep).spec, out, "planted")
-    assert "| 3 | test_err | 2 |  |  |" in (out / "early_stopping.md").read_text()
+    assert "| 3 | test_err | 2 |  |  |" in report.early_stopping_markdown(two, load_spec(sweep).spec, "planted")
     # The scheduler's defaults (first rung at epoch 10) cannot judge 9-epoch trials: the page says why.
-    report.write_early_stopping(load_results(store.path), None, out, "planted")
-    assert "Not replayed" in (out / "early_stopping.md").read_text()
+    assert "Not replayed" in report.early_stopping_markdown(load_results(store.path), None, "planted")
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -199,6 +199,9 @@ def test_lowgrad_is_computed_once(lowgrad_cache: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
     assert pl.read_parquet(lowgrad_cache / "again.parquet").equals(first)
+    # keyed by its parameters: another number of noise seeds is another file
+    assert first["seed"].n_unique() == 10 and report.lowgrad_data(150, noise_seeds=2)["seed"].n_unique() == 2
+    assert len(list((lowgrad_cache / "filter-sparsity").glob("lowgrad-*.parquet"))) >= 2
 
 
 def test_runs_as_a_script_without_traceback(tmp_path: Path) -> None:
@@ -276,3 +279,50 @@ def test_remedies_show_revived_alive_and_recovered_side_by_side() -> None:
     assert (psbn["revived/shifted"], psbn["of those alive (thresholds)"], psbn["of those recovered (function)"]) \
         == ("6.0 ± 0.0", "5.0 ± 0.0", "0.0 ± 0.0")
     assert table.filter(pl.col("remedy") == "none")["revived/shifted"].to_list() == [None]
+
+
+def _write_explicit(store: ResultStore, seed: int) -> None:
+    """An L1-norm pipeline's trial: its last epoch measures the cut, fine-tuned network (77% dead
+    filters, an error of 30%), not a trained one."""
+    cfg = TrialConfig.model_validate({"train": {"optimizer": "sgd", "reg": "l2", "strength": 5e-4, "epochs": 2},
+                                      "prune": {"method": "l1norm", "fraction": 0.5, "finetune_epochs": 1},
+                                      "seed": seed})
+    tid = cfg.trial_id
+    store.write("epochs", tid, [row("epochs", trial_id=tid, epoch=e, lr=0.1, train_loss=0.5, test_loss=0.6,
+                                    test_err=30.0, dead_gamma_pct=77.0, diverged=False) for e in (1, 2, 3)])
+    store.write("layers", tid, [row("layers", trial_id=tid, epoch=3, layer=layer, n_filters=2, dead_gamma=1,
+                                    dead_act=None) for layer in LAYERS])
+    store.write("trials", tid, [row(
+        "trials", trial_id=tid, sweep=store.sweep, status="ok", **cfg.flat(), epochs_run=3, train_loss=0.5,
+        test_loss=0.6, test_err=30.0, dead_gamma_pct=77.0, wall_time_s=1.0, code_version="test", error="",
+        config_json=cfg.model_dump_json(), conv_params_pruned_pct=75.0, flops_pruned_pct=60.0, pruned_speedup=2.0,
+        pruned_test_err=30.0, pruned_by="l1norm", filters_removed_pct=50.0, trained_test_err=12.0,
+        unfinetuned_test_err=80.0, finetuned=True,
+    )])
+
+
+def test_explicit_pipelines_appear_in_the_pruning_section_only(tmp_path: Path) -> None:
+    """table.md's main table, table.csv, layers.html and trajectories.html describe trained networks:
+    an explicit pipeline's numbers (of its cut, fine-tuned network) are in the pruning section only."""
+    store = ResultStore(str(tmp_path), "mixed")
+    for seed in (0, 1):
+        write_trial(store, "adam", 1e-3, seed)
+        _write_explicit(store, seed)
+    out = report.build_report(store.path, tmp_path / "out", lowgrad_iterations=100)
+    md = (out / "table.md").read_text()
+    main, pruning = md.split("## Implicit vs explicit pruning")
+    assert "77.0" not in main and "l1norm" not in main.split("Test errors in %.")[-1].split("\n", 1)[1]
+    assert "the 1 explicit pruning configuration(s) (slimming, l1norm) are in the pruning section" in main
+    assert "| l1norm (fine-tuned) |" in pruning and "| 60.0 ± 0.0 |" in pruning
+    csv = pl.read_csv(out / "table.csv")
+    assert csv.height == 1 and csv["dead_gamma_pct_mean"].to_list() == [pytest.approx(100 * 19 / 28)]
+    assert set(pl.read_csv(out / "pruning.csv")["method"]) == {"implicit", "l1norm"}
+    for page in ("layers.html", "trajectories.html", "pareto.html"):
+        assert "method=l1norm" not in (out / page).read_text() and "sgd" not in (out / page).read_text(), page
+    assert "1 configurations of implicit sparsity" in (out / "index.html").read_text()
+    assert "1 explicit pruning configurations" in (out / "index.html").read_text()
+    # a sweep of explicit pipelines alone still reports: its pruning, no implicit table
+    alone = ResultStore(str(tmp_path), "alone")
+    _write_explicit(alone, 0)
+    md = (report.build_report(alone.path, tmp_path / "alone_out", lowgrad_iterations=100) / "table.md").read_text()
+    assert "No configuration of implicit sparsity." in md and "| l1norm (fine-tuned) |" in md
