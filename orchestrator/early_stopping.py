@@ -193,8 +193,8 @@ class RungJudge:
         at = self.recorded[epoch]
         if len(at) < self.min_trials:
             return True
-        keys = list(at)
-        keep = survivors(np.stack([at[k] for k in keys]), 1.0 / self.reduction_factor)[keys.index(key)]
+        # `key` was recorded last: its row is the last.
+        keep = survivors(np.array(list(at.values())), 1.0 / self.reduction_factor)[-1]
         self.counts[epoch][0] += 1
         self.counts[epoch][1] += int(not keep)
         return bool(keep)

@@ -522,7 +522,8 @@ def build_report(
             raise ReportError(f"{sweep_dir}: no trial finished ok ({counts}); see the `error` column of "
                               "trials/*.parquet, fix the cause and run the sweep again")
         implicit = results.implicit_trials(tables.trials)
-        agg = results.aggregate(implicit, tables.layers)
+        per_seed = results.per_trial(tables.trials, tables.layers)
+        agg = results.aggregate(results.implicit_trials(per_seed))
         # the network's conv layers, from the final per-layer counts already read (every finished
         # trial snapshots its filters at its last epoch, so the filters table has the same ones)
         known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
@@ -531,7 +532,6 @@ def build_report(
             raise ReportError(f"--layers {','.join(unknown)}: not a conv layer of the sweep; "
                               f"valid: {', '.join(known) or 'none (no per-layer counts)'}")
         chosen = list(layers) if layers else figures.default_layers(known)
-        per_seed = results.per_trial(tables.trials, tables.layers)
         lowgrad = lowgrad_data(lowgrad_iterations)
         verdicts = claims.check_claims(per_seed, lowgrad)
         pruning = figures.pruning_table(tables.trials)

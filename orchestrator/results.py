@@ -185,9 +185,12 @@ def _with_config_label(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame
     return df.with_columns(pl.Series("config", labels, dtype=pl.String))
 
 
-def final_layers(layers: Frame) -> pl.DataFrame:
-    """Each trial's per-layer rows at its last measured epoch, with `dead_gamma_pct`/`dead_act_pct`."""
-    return layers.lazy().filter(pl.col("epoch") == pl.col("epoch").max().over("trial_id")).with_columns(
+def final_layers(layers: Frame, trials: pl.DataFrame) -> pl.DataFrame:
+    """The per-layer rows of `trials` at their last epoch (`epochs_run`), with `dead_gamma_pct` and
+    `dead_act_pct`. A join on (trial, epoch) reads the layers table's columns once, where a window
+    over each trial's epochs would hold all of it."""
+    last = trials.lazy().select("trial_id", pl.col("epochs_run").alias("epoch"))
+    return layers.lazy().join(last, on=["trial_id", "epoch"], how="semi").with_columns(
         (100.0 * pl.col("dead_gamma") / pl.col("n_filters")).alias("dead_gamma_pct"),
         (100.0 * pl.col("dead_act") / pl.col("n_filters")).alias("dead_act_pct"),
     ).collect()
@@ -203,7 +206,7 @@ def labelled_trials(trials: pl.DataFrame) -> pl.DataFrame:
 def per_trial(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:
     """`labelled_trials`, with the final % dead by gamma of each conv layer as columns C1..Cn."""
     ok = labelled_trials(trials)
-    final = final_layers(layers.lazy().filter(pl.col("trial_id").is_in(ok["trial_id"].implode())))
+    final = final_layers(layers, ok)
     if final.height:
         wide = final.pivot(on="layer", index="trial_id", values="dead_gamma_pct")
         ok = ok.join(wide.select("trial_id", *layer_columns(wide.columns)), on="trial_id", how="left")
@@ -216,11 +219,10 @@ def implicit_trials(trials: Frame) -> Frame:
     return trials.filter(pl.col("method") == "none") if "method" in trials.columns else trials
 
 
-def aggregate(trials: pl.DataFrame, layers: Frame) -> pl.DataFrame:
-    """One row per configuration: its settings, `config`, `n_seeds`, `<metric>_mean`/`<metric>_std`
-    over seeds for METRICS and C1..Cn (std is null for one seed), and provenance (`trial_ids`,
-    `code_versions`). Rows are sorted by the varying settings."""
-    rows = per_trial(trials, layers)
+def aggregate(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per configuration of the per-trial `rows` (`per_trial`): its settings, `config`,
+    `n_seeds`, `<metric>_mean`/`<metric>_std` over seeds for METRICS and C1..Cn (std is null for one
+    seed), and provenance (`trial_ids`, `code_versions`). Rows are sorted by the varying settings."""
     metrics = [*METRICS[:3], *layer_columns(rows.columns), *METRICS[3:]]
     out = rows.group_by(CONFIG_COLUMNS, maintain_order=True).agg(
         pl.col("config").first(),

@@ -40,7 +40,7 @@ def two_configs() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_aggregate_means_std_and_layers(two_configs) -> None:
     trials, layers = two_configs
-    agg = results.aggregate(trials, layers)
+    agg = results.aggregate(results.per_trial(trials, layers))
     assert agg.height == 2
     assert agg["config"].to_list() == ["optimizer=adam", "optimizer=sgd"]
     adam = agg.row(0, named=True)
@@ -56,9 +56,9 @@ def test_aggregate_means_std_and_layers(two_configs) -> None:
 
 def test_one_seed_has_null_std_and_layer_order_is_numeric() -> None:
     row = trial_row(optimizer="adam", reg="l2", strength=1e-3, test_err=5.0, model="vgg16")
-    layers = [{"trial_id": row["trial_id"], "epoch": 1, "layer": f"C{i}", "n_filters": 10, "dead_gamma": i,
-               "dead_act": None, "revived": None} for i in range(1, 14)]
-    agg = results.aggregate(frame([row], "trials"), frame(layers, "layers"))
+    layers = [{"trial_id": row["trial_id"], "epoch": row["epochs_run"], "layer": f"C{i}", "n_filters": 10,
+               "dead_gamma": i, "dead_act": None, "revived": None} for i in range(1, 14)]
+    agg = results.aggregate(results.per_trial(frame([row], "trials"), frame(layers, "layers")))
     assert agg["test_err_std"].to_list() == [None]
     means = [c for c in agg.columns if c.startswith("C") and c.endswith("_mean")]
     assert means == [f"C{i}_mean" for i in range(1, 14)]
@@ -69,7 +69,7 @@ def test_one_seed_has_null_std_and_layer_order_is_numeric() -> None:
 def test_configurations_are_grouped_by_every_setting_but_seed() -> None:
     rows = [trial_row(optimizer="adam", reg="l2", strength=s, seed=seed, batch_size=b, test_err=1.0)
             for s in (1e-3, 1e-4) for b in (40, 80) for seed in (0, 1, 2)]
-    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
+    agg = results.aggregate(results.per_trial(frame(rows, "trials"), frame([], "layers")))
     assert agg.height == 4 and set(agg["n_seeds"]) == {3}
     assert results.varying_settings(agg) == ["strength", "batch_size"]
     assert agg["config"][0] == "strength=0.0001 batch_size=40"
@@ -81,7 +81,7 @@ def test_where_the_data_lives_is_not_part_of_a_configuration() -> None:
     rows = [trial_row(optimizer="adam", reg="l2", strength=1e-3, dataset="cifar10", root=root, download=download,
                       seed=seed, test_err=1.0)
             for seed, root, download in ((0, "/home/ray/app/data", False), (1, "/tmp/ray/working_dir/data", True))]
-    agg = results.aggregate(frame(rows, "trials"), frame([], "layers"))
+    agg = results.aggregate(results.per_trial(frame(rows, "trials"), frame([], "layers")))
     assert agg.height == 1 and agg["n_seeds"].to_list() == [2]
     assert agg["config"].to_list() == ["optimizer=adam reg=l2 strength=0.001"]
     assert not {"root", "download"} & set(results.CONFIG_COLUMNS)
@@ -91,7 +91,7 @@ def test_where_the_data_lives_is_not_part_of_a_configuration() -> None:
 
 
 def test_pareto_points_and_layer_profile(two_configs) -> None:
-    agg = results.aggregate(*two_configs)
+    agg = results.aggregate(results.per_trial(*two_configs))
     points = results.pareto_points(agg)
     assert points["on_front"].to_list() == [True, False]  # adam: more dead filters and less error
     profile = figures.layer_profile(agg)
@@ -198,7 +198,7 @@ def test_pareto_seed_points_and_a_one_point_front(two_configs) -> None:
     seeds = figures.seed_points(trials)
     assert seeds.height == 4 and set(seeds["config"]) == {"optimizer=adam", "optimizer=sgd"}
     assert sorted(seeds.filter(pl.col("optimizer") == "adam")["test_err"]) == [10.0, 12.0]
-    points = results.pareto_points(results.aggregate(trials, layers))
+    points = results.pareto_points(results.aggregate(results.per_trial(trials, layers)))
     fig = plots.pareto_figure(points, seeds)
     front = next(t for t in fig.data if t.name.startswith("Pareto front"))
     assert front.mode == "lines+markers" and len(front.x) == 1  # adam alone: still drawn, as a ring

@@ -67,6 +67,18 @@ def test_ranks_agree_with_optuna_and_front_with_pareto_front() -> None:
     assert front.tolist() == pareto_front(frame, {c: "min" for c in "abc"}).to_list()
 
 
+def test_two_objectives_rank_as_the_general_sort_does() -> None:
+    # Two objectives take a sort-based path; a constant third objective changes no dominance and
+    # takes the general one. Small integers: ties in either objective and duplicate points.
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 7, 60):
+        costs = rng.integers(0, 5, size=(n, 2)).astype(float)
+        if n > 2:
+            costs[1, 0] = math.nan
+        general = non_dominated_ranks(np.column_stack([costs, np.zeros(n)]))
+        assert non_dominated_ranks(costs).tolist() == general.tolist()
+
+
 def test_crowding_breaks_ties_within_a_front() -> None:
     # One front on a line; the ends are infinitely uncrowded, then the widest gaps go first.
     costs = np.array([[0.0, 4.0], [1.0, 3.0], [1.1, 2.9], [3.0, 1.0], [4.0, 0.0]])
@@ -499,7 +511,7 @@ def test_stopped_trials_are_their_own_series_in_the_pareto_figure(tmp_path) -> N
     stopped = results.stopped_points(tables.trials)
     assert stopped.select("trial_id", "epochs_run", "test_err").rows() == [("t4", 3, 70.0)]
     # Kept out of the seed averages: the configurations average the four trials that ran to the end.
-    assert results.aggregate(tables.trials, tables.layers)["n_seeds"].sum() == 4
-    fig = plots.pareto_figure(results.pareto_points(results.aggregate(tables.trials, tables.layers)), stopped=stopped)
+    assert results.aggregate(results.per_trial(tables.trials, tables.layers))["n_seeds"].sum() == 4
+    fig = plots.pareto_figure(results.pareto_points(results.aggregate(results.per_trial(tables.trials, tables.layers))), stopped=stopped)
     early = [t for t in fig.data if t.name == "stopped at epoch 3"]
     assert len(early) == 1 and list(early[0].x) == [70.0] and list(early[0].y) == [1.0]

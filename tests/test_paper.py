@@ -17,7 +17,7 @@ CIFAR100 = {"dataset": "cifar100", "root": "/data"}
 
 
 def compared(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return paper.compare_with_paper(results.aggregate(frame(rows, "trials"), frame([], "layers")),
+    return paper.compare_with_paper(results.aggregate(results.per_trial(frame(rows, "trials"), frame([], "layers"))),
                                     paper.load_reference())
 
 
@@ -80,8 +80,8 @@ def test_a_configuration_matches_every_table_it_is_in() -> None:
 
 
 def test_setup_mismatch_names_what_differs() -> None:
-    agg = results.aggregate(frame([trial_row(optimizer="adam", width=0.125, epochs=300, test_err=1.0)], "trials"),
-                            frame([], "layers"))
+    agg = results.aggregate(results.per_trial(frame([trial_row(optimizer="adam", width=0.125, epochs=300, test_err=1.0)], "trials"),
+                            frame([], "layers")))
     assert paper.setup_mismatch(agg, paper.load_reference()) == [
         "dataset=digits (paper: cifar10 or cifar100)", "width=0.125 (paper: 1)", "epochs=300 (paper: 325)"]
 

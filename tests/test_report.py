@@ -227,7 +227,7 @@ def test_results_written_before_a_setting_existed_still_group(tmp_path: Path) ->
     assert tables.sweep == "old" and tables.trials["remedy"].to_list() == ["none", "none"]
     filters = tables.filters.collect()
     assert filters.is_empty() and filters.columns == TABLES["filters"].names
-    agg = results.aggregate(tables.trials, tables.layers)
+    agg = results.aggregate(results.per_trial(tables.trials, tables.layers))
     assert agg.height == 1 and agg["n_seeds"].item() == 2
 
 
@@ -273,7 +273,7 @@ def test_remedies_show_revived_alive_and_recovered_side_by_side() -> None:
                       remedied_alive=counts[1], recovered=counts[2])
             for remedy, counts in (("psbn", (6, 5, 0)), ("revive", (8, 8, 7))) for seed in (0, 1)]
     rows.append(trial_row(remedy="none", test_err=2.0, dead_gamma_pct=9.0))
-    table = report.results_markdown(results.aggregate(frame(rows, "trials"), frame([], "layers")))
+    table = report.results_markdown(results.aggregate(results.per_trial(frame(rows, "trials"), frame([], "layers"))))
     assert {"revived/shifted", "of those alive (thresholds)", "of those recovered (function)"} <= set(table.columns)
     psbn = table.filter(pl.col("remedy") == "psbn").row(0, named=True)
     assert (psbn["revived/shifted"], psbn["of those alive (thresholds)"], psbn["of those recovered (function)"]) \
