@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 # Optuna's hypervolume is private in Optuna 5 (`optuna._hypervolume`); the only public way to it is
 # `optuna.visualization.plot_hypervolume_history`, which draws a study's history instead of
@@ -101,7 +102,7 @@ def run_one(sweep: Sweep, folder: Path) -> dict:
     volume, front = hypervolume(tables.trials)
     statuses = tables.trials["status"].value_counts().rows()
     return {"sweep": sweep.spec.name, "trials": tables.trials.height, "statuses": dict(statuses),
-            "failed": len(summary.failed), "epochs": tables.epochs.height, "hypervolume": volume,
+            "failed": len(summary.failed), "epochs": tables.epochs.select(pl.len()).collect().item(), "hypervolume": volume,
             "front_size": front, "wall_s": round(wall, 1)}
 
 

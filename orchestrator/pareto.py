@@ -11,7 +11,7 @@ here, without an engine: the report imports this module.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -27,46 +27,44 @@ def to_costs(values: Sequence[Sequence[float | None]] | np.ndarray, modes: Seque
     return costs * np.array([-1.0 if mode == "max" else 1.0 for mode in modes])
 
 
-def non_dominated_ranks(costs: np.ndarray) -> np.ndarray:
+def non_dominated_ranks(costs: np.ndarray, enough: int | None = None) -> np.ndarray:
     """Per point, its front: 0 for the non-dominated points, 1 for those dominated only by front 0,
     and so on (Deb's fast non-dominated sort). Equal points share a front. Points with a NaN cost
-    all get the rank after the last front."""
+    all get the rank after the last front. With `enough`, fronts are peeled only until at least
+    `enough` points are ranked; the points left share the next rank (a cut needs no more)."""
     costs = np.asarray(costs, dtype=float)
-    ranks = np.zeros(len(costs), dtype=int)
-    valid = ~np.isnan(costs).any(axis=1)
-    valid_ranks = _ranks_2d(costs[valid]) if costs.shape[1] == 2 else _ranks(costs[valid])
-    ranks[valid] = valid_ranks
-    ranks[~valid] = valid_ranks.max() + 1 if valid_ranks.size else 0
+    valid = np.flatnonzero(~np.isnan(costs).any(axis=1))
+    peel = _fronts_2d if costs.shape[1] == 2 else _fronts
+    ranks = np.full(len(costs), -1)
+    rank = 0
+    for rank, front in enumerate(peel(costs[valid]), start=1):
+        ranks[valid[front]] = rank - 1
+        if enough is not None and (ranks >= 0).sum() >= enough:
+            break
+    ranks[ranks < 0] = rank  # past `enough`, and the points with a NaN cost
     return ranks
 
 
-def _ranks(c: np.ndarray) -> np.ndarray:
-    """Fronts of points without NaN, any number of objectives: the dominance matrix, peeled front
-    by front (memory and time n^2 per call)."""
+def _fronts(c: np.ndarray) -> Iterator[np.ndarray]:
+    """The fronts of points without NaN, any number of objectives, best first (indices into `c`):
+    the dominance matrix, peeled front by front (memory and time n^2)."""
     # dominates[i, j]: i is no worse than j everywhere and better somewhere.
     dominates = (c[:, None, :] <= c[None, :, :]).all(axis=2) & (c[:, None, :] < c[None, :, :]).any(axis=2)
     dominated_by = dominates.sum(axis=0)
     left = np.ones(len(c), dtype=bool)
-    ranks = np.zeros(len(c), dtype=int)
-    rank = 0
     while left.any():
         front = left & (dominated_by == 0)
-        ranks[front] = rank
+        yield np.flatnonzero(front)
         left &= ~front
         dominated_by -= dominates[front].sum(axis=0)
-        rank += 1
-    return ranks
 
 
-def _ranks_2d(c: np.ndarray) -> np.ndarray:
-    """`_ranks` for two objectives in time n log n + n per front (a replay judges a thousand trials
+def _fronts_2d(c: np.ndarray) -> Iterator[np.ndarray]:
+    """`_fronts` for two objectives in time n log n + n per front (a replay judges a thousand trials
     at a rung a thousand times). In the order of (first cost, second cost), a point is dominated
     exactly when an earlier point with a smaller first cost has a second cost no larger, or an
     earlier point with the same first cost has a smaller second cost."""
-    order = np.lexsort((c[:, 1], c[:, 0]))
-    ranks = np.zeros(len(c), dtype=int)
-    left = order  # still unranked, in that order
-    rank = 0
+    left = np.lexsort((c[:, 1], c[:, 0]))  # still unranked, in that order
     while left.size:
         x, y = c[left, 0], c[left, 1]
         starts = np.ones(len(x), dtype=bool)  # the first point of each run of equal first costs
@@ -77,10 +75,8 @@ def _ranks_2d(c: np.ndarray) -> np.ndarray:
         before[0] = np.inf
         before[1:] = np.minimum.accumulate(y)[first[1:] - 1]
         dominated = (before[group] <= y) | (y[first][group] < y)
-        ranks[left[~dominated]] = rank
+        yield left[~dominated]
         left = left[dominated]
-        rank += 1
-    return ranks
 
 
 def crowding_distance(costs: np.ndarray, ranks: np.ndarray) -> np.ndarray:
@@ -119,9 +115,9 @@ def survivors(costs: np.ndarray, keep_fraction: float) -> np.ndarray:
     costs = np.asarray(costs, dtype=float)
     if not len(costs):
         return np.zeros(0, dtype=bool)
-    ranks = non_dominated_ranks(costs)
     # 1e-9: n * (1 / eta) lands a hair above an integer for some eta in floating point.
     keep = max(1, math.ceil(len(costs) * keep_fraction - 1e-9))
+    ranks = non_dominated_ranks(costs, enough=keep)  # the fronts past the cut are all out
     counts = np.bincount(ranks)
     before = np.cumsum(counts) - counts  # per front, the points in better fronts
     out = before[ranks] + counts[ranks] <= keep  # whole fronts inside the cut

@@ -79,6 +79,22 @@ def test_two_objectives_rank_as_the_general_sort_does() -> None:
         assert non_dominated_ranks(costs).tolist() == general.tolist()
 
 
+def test_ranks_peeled_until_enough_agree_with_all_fronts() -> None:
+    # A cut needs only the fronts that hold its first `enough` points: those keep their ranks, the
+    # rest (NaN points too) share the next one.
+    rng = np.random.default_rng(2)
+    for columns in (2, 3):
+        costs = rng.integers(0, 5, size=(40, columns)).astype(float)
+        costs[5, 0] = math.nan
+        full = non_dominated_ranks(costs)
+        for enough in range(1, 41):
+            peeled = non_dominated_ranks(costs, enough=enough)
+            last = peeled.max()
+            assert (full[peeled < last] == peeled[peeled < last]).all()
+            assert (full[peeled == last] >= last).all()
+            assert (peeled < last).sum() >= enough or (peeled == full).all()
+
+
 def test_crowding_breaks_ties_within_a_front() -> None:
     # One front on a line; the ends are infinitely uncrowded, then the widest gaps go first.
     costs = np.array([[0.0, 4.0], [1.0, 3.0], [1.1, 2.9], [3.0, 1.0], [4.0, 0.0]])
