@@ -19,7 +19,7 @@ def _last_json(*args: str, timeout: float = 300) -> dict:
 
 def test_trainer_throughput_prices_each_variant():
     result = _last_json("benchmarks/trainer_throughput.py", "--pack", "2", "--steps", "2", "--warmup", "1",
-                        "--repeats", "1", "--threads", "1")
+                        "--repeats", "2", "--threads", "1")
     assert set(result["trials_per_hour"]) == {"naive", "solo", "packed"}
     assert all(v > 0 for v in result["trials_per_hour"].values())
     assert result["pack"] == 2 and result["device"] == "cpu"
