@@ -28,10 +28,10 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,6 +54,7 @@ __all__ = ["ReportError", "build_report", "lowgrad_data", "replay_early_stopping
 FIGURES = ("pareto.html", "layers.html", "trajectories.html", "gamma_beta.html", "universality.html",
            "lowgrad.html", "pruning.html")
 PLOTLY_JS = "plotly.min.js"
+T = TypeVar("T")
 # Table columns: (metric, header, decimals). Percentages and errors in percent, losses as they are.
 _COLUMNS = (
     ("train_loss", "train loss", 2),
@@ -490,12 +491,67 @@ def _default_out(store: ResultStore) -> Path:
     return Path(store.path) / "report" if store.is_local else Path("report") / store.sweep
 
 
-def _load(store: ResultStore) -> results.Results:
-    try:
-        return results.load_results(store)
-    except _READ_ERRORS as e:
-        raise ReportError(f"{store.uri}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
-                          "re-run the sweep's failed trials or remove the damaged files") from None
+def _read(store: ResultStore, compute: Callable[[results.Results], T]) -> T:
+    """`compute` over the sweep's tables (read lazily, so reading happens inside it); ReportError when
+    they cannot be read. A sweep still running rewrites its trials' epochs files, and on S3 a file
+    replaced while it is read in ranged requests can mix two versions: a failed read is tried once
+    more before it counts."""
+    for _ in range(2):
+        try:
+            return compute(results.load_results(store))
+        except _READ_ERRORS as e:
+            error = e
+    raise ReportError(f"{store.uri}: cannot read its Parquet tables ({type(error).__name__}: {error}); if the "
+                      "sweep is still running, run the report again; otherwise re-run the sweep's failed "
+                      "trials or remove the damaged files") from None
+
+
+def _contents(
+    store: ResultStore,
+    tables: results.Results,
+    layers: Sequence[str] | None,
+    lowgrad_iterations: int,
+    spec: SweepSpec | None,
+) -> tuple[dict[str, str | pl.DataFrame], dict[str, go.Figure]]:
+    """Every report file's content (`build_report`): the text and CSV files, and the figures."""
+    if results.labelled_trials(tables.trials).is_empty():
+        counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
+        raise ReportError(f"{store.uri}: no trial finished ok ({counts}); see the `error` column of "
+                          "trials/*.parquet, fix the cause and run the sweep again")
+    implicit = results.implicit_trials(tables.trials)
+    per_seed = results.per_trial(tables.trials, tables.layers)
+    agg = results.aggregate(results.implicit_trials(per_seed))
+    # the network's conv layers, from the final per-layer counts already read (every finished
+    # trial snapshots its filters at its last epoch, so the filters table has the same ones)
+    known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
+    unknown = [layer for layer in layers or () if layer not in known]
+    if unknown:
+        raise ReportError(f"--layers {','.join(unknown)}: not a conv layer of the sweep; "
+                          f"valid: {', '.join(known) or 'none (no per-layer counts)'}")
+    chosen = list(layers) if layers else figures.default_layers(known)
+    lowgrad = lowgrad_data(lowgrad_iterations)
+    verdicts = claims.check_claims(per_seed, lowgrad)
+    pruning = figures.pruning_table(tables.trials)
+    files: dict[str, str | pl.DataFrame] = {
+        "table.md": tables_markdown(agg, store.sweep, per_seed, pruning),
+        "table.csv": _csv_frame(agg),
+        "pruning.csv": pruning,
+        "claims.md": claims_markdown(verdicts, store.sweep),
+        "claims.csv": claims.claims_table(verdicts),
+        "early_stopping.md": early_stopping_markdown(tables, spec, store.sweep),
+        "index.html": _index(store.sweep, tables.trials, agg, pruning, verdicts),
+    }
+    pages = {
+        "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(implicit),
+                                           results.stopped_points(implicit)),
+        "layers.html": plots.layers_figure(figures.layer_profile(agg)),
+        "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, implicit)),
+        "gamma_beta.html": plots.gamma_beta_figure(figures.gamma_beta_quantiles(tables.filters, implicit, chosen)),
+        "universality.html": plots.universality_figure(figures.universality_histogram(tables.filters, implicit)),
+        "lowgrad.html": plots.lowgrad_figure(figures.lowgrad_bands(lowgrad)),
+        "pruning.html": plots.pruning_figure(pruning),
+    }
+    return files, pages
 
 
 def build_report(
@@ -515,48 +571,7 @@ def build_report(
     if out is not None and "://" in str(out):
         raise ReportError(f"--out {out}: the report is written to a local folder; pass a path (e.g. report/)")
     store = _open(sweep_dir)
-    tables = _load(store)
-    try:
-        if results.labelled_trials(tables.trials).is_empty():
-            counts = ", ".join(f"{n} {s}" for s, n in tables.trials["status"].value_counts().rows())
-            raise ReportError(f"{sweep_dir}: no trial finished ok ({counts}); see the `error` column of "
-                              "trials/*.parquet, fix the cause and run the sweep again")
-        implicit = results.implicit_trials(tables.trials)
-        per_seed = results.per_trial(tables.trials, tables.layers)
-        agg = results.aggregate(results.implicit_trials(per_seed))
-        # the network's conv layers, from the final per-layer counts already read (every finished
-        # trial snapshots its filters at its last epoch, so the filters table has the same ones)
-        known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
-        unknown = [layer for layer in layers or () if layer not in known]
-        if unknown:
-            raise ReportError(f"--layers {','.join(unknown)}: not a conv layer of the sweep; "
-                              f"valid: {', '.join(known) or 'none (no per-layer counts)'}")
-        chosen = list(layers) if layers else figures.default_layers(known)
-        lowgrad = lowgrad_data(lowgrad_iterations)
-        verdicts = claims.check_claims(per_seed, lowgrad)
-        pruning = figures.pruning_table(tables.trials)
-        files: dict[str, str | pl.DataFrame] = {
-            "table.md": tables_markdown(agg, store.sweep, per_seed, pruning),
-            "table.csv": _csv_frame(agg),
-            "pruning.csv": pruning,
-            "claims.md": claims_markdown(verdicts, store.sweep),
-            "claims.csv": claims.claims_table(verdicts),
-            "early_stopping.md": early_stopping_markdown(tables, spec, store.sweep),
-            "index.html": _index(store.sweep, tables.trials, agg, pruning, verdicts),
-        }
-        pages = {
-            "pareto.html": plots.pareto_figure(results.pareto_points(agg), figures.seed_points(implicit),
-                                               results.stopped_points(implicit)),
-            "layers.html": plots.layers_figure(figures.layer_profile(agg)),
-            "trajectories.html": plots.trajectories_figure(figures.trajectories(tables.epochs, implicit)),
-            "gamma_beta.html": plots.gamma_beta_figure(figures.gamma_beta_quantiles(tables.filters, implicit, chosen)),
-            "universality.html": plots.universality_figure(figures.universality_histogram(tables.filters, implicit)),
-            "lowgrad.html": plots.lowgrad_figure(figures.lowgrad_bands(lowgrad)),
-            "pruning.html": plots.pruning_figure(pruning),
-        }
-    except _READ_ERRORS as e:
-        raise ReportError(f"{sweep_dir}: cannot read its Parquet tables ({type(e).__name__}: {e}); "
-                          "re-run the sweep's failed trials or remove the damaged files") from None
+    files, pages = _read(store, lambda tables: _contents(store, tables, layers, lowgrad_iterations, spec))
 
     target = Path(out) if out is not None else _default_out(store)
     target.mkdir(parents=True, exist_ok=True)
@@ -610,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = _sweep_spec(args.sweep)
         if args.replay_early_stopping:
-            print(replay_early_stopping(_load(_open(args.sweep_dir)), spec).to_json())
+            store = _open(args.sweep_dir)
+            print(_read(store, lambda tables: replay_early_stopping(tables, spec)).to_json())
             return 0
         target = build_report(args.sweep_dir, args.out, layers=layers, lowgrad_iterations=args.lowgrad_iterations,
                               spec=spec)

@@ -114,9 +114,14 @@ def _frame(store: ResultStore, table: str) -> pl.DataFrame:
 
 
 def _mid_sweep(store: ResultStore) -> bool:
-    """A trial has finished, and another has checkpointed epochs but no result yet."""
-    finished = set(_frame(store, "trials")["trial_id"])
-    started = set(_frame(store, "epochs")["trial_id"])
+    """A trial has finished, and another has checkpointed epochs but no result yet. A running trial
+    rewrites its epochs file, and a file replaced while it is read in ranged requests can mix two
+    versions (OSError): then not yet, asked again at the next poll."""
+    try:
+        finished = set(_frame(store, "trials")["trial_id"])
+        started = set(_frame(store, "epochs")["trial_id"])
+    except OSError:
+        return False
     return bool(finished) and bool(started - finished)
 
 

@@ -178,6 +178,17 @@ def test_only_failed_trials_is_bad_input(tmp_path: Path, capsys) -> None:
     assert "no trial finished ok (1 failed)" in capsys.readouterr().err
 
 
+def test_a_damaged_file_is_bad_input_and_nothing_is_written(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sweep_dir, damaged)
+    epochs = sorted((damaged / "epochs").glob("*.parquet"))[0]
+    epochs.write_bytes(epochs.read_bytes()[: epochs.stat().st_size // 2] + epochs.read_bytes()[-8:])
+    assert report.main([str(damaged), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read its Parquet tables" in err and "if the sweep is still running" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
 def test_unknown_layer_is_bad_input(sweep_dir: Path, tmp_path: Path, capsys) -> None:
     assert report.main([str(sweep_dir), "--out", str(tmp_path / "r"), "--layers", "C9"]) == 2
     assert "valid: C1, C2" in capsys.readouterr().err
