@@ -101,8 +101,9 @@ def run_one(sweep: Sweep, folder: Path) -> dict:
     tables = load_results(store.path)
     volume, front = hypervolume(tables.trials)
     statuses = tables.trials["status"].value_counts().rows()
+    epochs = tables.epochs.select(pl.len()).collect().item()
     return {"sweep": sweep.spec.name, "trials": tables.trials.height, "statuses": dict(statuses),
-            "failed": len(summary.failed), "epochs": tables.epochs.select(pl.len()).collect().item(), "hypervolume": volume,
+            "failed": len(summary.failed), "epochs": epochs, "hypervolume": volume,
             "front_size": front, "wall_s": round(wall, 1)}
 
 
