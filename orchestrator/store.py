@@ -155,14 +155,20 @@ class ResultStore:
             return []
         return pq.read_table(path, filesystem=self.fs, schema=TABLES[table]).to_pylist()
 
+    def _trials_columns(self, path: str, columns: list[str], ids: set[str] | None = None) -> list[tuple]:
+        """`columns` of the trials files under the sweep folder `path` (only those of `ids`, if
+        given): one listing, one read."""
+        selector = pafs.FileSelector(f"{path}/trials", allow_not_found=True)
+        files = [i.path for i in self.fs.get_file_info(selector) if i.base_name.endswith(".parquet")
+                 and (ids is None or i.base_name.removesuffix(".parquet") in ids)]
+        if not files:
+            return []
+        table = pq.read_table(files, filesystem=self.fs, columns=columns, schema=TABLES["trials"])
+        return list(zip(*(table[c].to_pylist() for c in columns)))
+
     def finished(self) -> dict[str, str]:
         """trial_id -> status for every trial with a trials file."""
-        selector = pafs.FileSelector(f"{self.path}/trials", allow_not_found=True)
-        files = [f.path for f in self.fs.get_file_info(selector) if f.path.endswith(".parquet")]
-        if not files:
-            return {}
-        table = pq.read_table(files, filesystem=self.fs, columns=["trial_id", "status"], schema=TABLES["trials"])
-        return dict(zip(table["trial_id"].to_pylist(), table["status"].to_pylist()))
+        return dict(self._trials_columns(self.path, ["trial_id", "status"]))
 
     def finished_elsewhere(self, trial_ids: Iterable[str]) -> dict[str, ResultStore]:
         """trial_id -> the store of another sweep under the same results root where that trial
@@ -172,20 +178,16 @@ class ResultStore:
         One listing of the root and one of each sweep's trials/ folder; only the matching trial
         files are read."""
         wanted = set(trial_ids)
+        if not wanted:
+            return {}
         root = self.path.rsplit("/", 1)[0]
         listed = self.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
         sweeps = sorted(i.base_name for i in listed if i.type == pafs.FileType.Directory and i.base_name != self.sweep)
         found: dict[str, tuple[bool, ResultStore]] = {}  # trial_id -> (reused there, that sweep's store)
         for sweep in sweeps:
-            other = ResultStore(self.root, sweep)
-            selector = pafs.FileSelector(f"{other.path}/trials", allow_not_found=True)
-            files = [i.path for i in self.fs.get_file_info(selector)
-                     if i.base_name.endswith(".parquet") and i.base_name.removesuffix(".parquet") in wanted]
-            if not files:
-                continue
-            table = pq.read_table(files, filesystem=self.fs, columns=["trial_id", "status", "reused_from"],
-                                  schema=TABLES["trials"])
-            for trial_id, status, origin in zip(*(table[c].to_pylist() for c in table.column_names)):
+            rows = self._trials_columns(f"{root}/{sweep}", ["trial_id", "status", "reused_from"], wanted)
+            other = ResultStore(self.root, sweep) if rows else None
+            for trial_id, status, origin in rows:
                 if status in COMPLETED and (trial_id not in found or (found[trial_id][0] and origin is None)):
                     found[trial_id] = (origin is not None, other)
         return {trial_id: store for trial_id, (_, store) in found.items()}
