@@ -152,14 +152,19 @@ def pairs(configs: pl.DataFrame, free: Sequence[str], left: pl.Expr, right: pl.E
 
 
 def _neighbours(configs: pl.DataFrame, axis: str, where: pl.Expr) -> list[tuple[dict, dict]]:
-    """(lower, higher) for configurations next to each other along `axis`, all else equal."""
+    """(lower, higher) for configurations at neighbouring values of `axis`, all else equal. Two
+    configurations at the same value (a remedy that only sets settings, beside those settings) are
+    the same training, never a comparison."""
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in configs.filter(where).to_dicts():
         by_key[_key(row, [axis])].append(row)
     out = []
     for rows in by_key.values():
-        ordered = sorted(rows, key=lambda r: r[axis])
-        out += list(zip(ordered, ordered[1:]))
+        at: dict[Any, list[dict]] = defaultdict(list)
+        for row in rows:
+            at[row[axis]].append(row)
+        levels = sorted(at)
+        out += [(a, b) for low, high in zip(levels, levels[1:]) for a in at[low] for b in at[high]]
     return out
 
 

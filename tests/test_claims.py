@@ -84,6 +84,18 @@ def test_holds_fails_inconclusive_and_mixed() -> None:
     assert verdict(seeds([(ADAM_L2, [1.0])]), 1)["status"] == "not testable"
 
 
+def test_configurations_at_the_same_strength_are_never_compared_along_it() -> None:
+    """`remedy: leaky_relu` trains what `activation: leaky_relu` does: the two pair as one setting,
+    and at the same strength they are not claim 3's lower and higher strength."""
+    leaky = {**ADAM_L2, "activation": "leaky_relu"}
+    remedy = {**leaky, "remedy": "leaky_relu"}
+    row = verdict(seeds([({**leaky, "strength": 1e-4}, [10, 11, 12]), (leaky, [50, 51, 52]),
+                         (remedy, [30, 31, 32])]), 3)
+    names = [c["comparison"] for c in row["comparisons"]]
+    assert len(names) == 2 and all("strength=0.001 vs strength=0.0001" in n for n in names)
+    assert row["status"] == "holds"
+
+
 def test_one_seed_on_either_side_never_decides() -> None:
     """The quick sweep's case: one seed a side. Its spread is unknown, so however large the
     difference, the comparison shows it and is inconclusive, and says why."""
