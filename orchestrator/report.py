@@ -520,7 +520,10 @@ def _contents(
                           "trials/*.parquet, fix the cause and run the sweep again")
     implicit = results.implicit_trials(tables.trials)
     per_seed = results.per_trial(tables.trials, tables.layers)
-    agg = results.aggregate(results.implicit_trials(per_seed))
+    # implicit sparsity's trials labelled by the settings that vary among them, as the figures label
+    # them (labels over every trial would name the explicit pipelines' settings too)
+    implicit_seeds = results.labelled_trials(results.implicit_trials(per_seed))
+    agg = results.aggregate(implicit_seeds)
     # the network's conv layers, from the final per-layer counts already read (every finished
     # trial snapshots its filters at its last epoch, so the filters table has the same ones)
     known = results.layer_columns(c.removesuffix("_mean") for c in agg.columns)
@@ -533,7 +536,7 @@ def _contents(
     verdicts = claims.check_claims(per_seed, lowgrad)
     pruning = figures.pruning_table(tables.trials)
     files: dict[str, str | pl.DataFrame] = {
-        "table.md": tables_markdown(agg, store.sweep, per_seed, pruning),
+        "table.md": tables_markdown(agg, store.sweep, implicit_seeds, pruning),
         "table.csv": _csv_frame(agg),
         "pruning.csv": pruning,
         "claims.md": claims_markdown(verdicts, store.sweep),

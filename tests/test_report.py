@@ -332,6 +332,9 @@ def test_explicit_pipelines_appear_in_the_pruning_section_only(tmp_path: Path) -
         assert "method=l1norm" not in (out / page).read_text() and "sgd" not in (out / page).read_text(), page
     assert "1 configurations of implicit sparsity" in (out / "index.html").read_text()
     assert "1 explicit pruning configurations" in (out / "index.html").read_text()
+    # the table and the figures name the implicit configuration alike
+    label = csv["config"].to_list()
+    assert label == ["optimizer=adam reg=l2 strength=0.001"] and label[0] in (out / "trajectories.html").read_text()
     # a sweep of explicit pipelines alone still reports: its pruning, no implicit table
     alone = ResultStore(str(tmp_path), "alone")
     _write_explicit(alone, 0)
