@@ -159,7 +159,7 @@ def trajectories_figure(traj: pl.DataFrame) -> go.Figure:
     if traj.is_empty():
         return empty_figure(title, "no per-epoch rows: the sweep's `epochs` table is empty")
     metrics = [m for m in _TRAJECTORY_TITLES if m in set(traj["metric"])]
-    colors = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(sorted(traj["config"].unique()))}
+    colors = _colors(traj["config"])
     series = traj.sort("epoch").partition_by("config", "metric", as_dict=True)
     panels: list[tuple[Trace, int, int]] = []
     for config, color in colors.items():
@@ -209,7 +209,7 @@ def gamma_beta_figure(quantiles: pl.DataFrame) -> go.Figure:
     if quantiles.is_empty():
         return empty_figure(title, "no per-filter snapshots: set train.snapshot_every > 0 in the sweep")
     layers = layer_columns(quantiles["layer"].unique())
-    colors = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(sorted(quantiles["config"].unique()))}
+    colors = _colors(quantiles["config"])
     series = quantiles.sort("epoch").partition_by("config", "layer", "param", as_dict=True)
     panels: list[tuple[Trace, int, int]] = []
     for config, color in colors.items():
