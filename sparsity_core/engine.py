@@ -26,7 +26,6 @@ from torch import nn
 from .config import TrainConfig, TrialConfig
 from .optim import build_optimizer, regularize_, set_lr
 from .packed import PackedConvNet, PackedOptimizer, pack_refusal
-from .remedies import Remedy
 
 __all__ = ["Batch", "Engine", "SoloEngine", "PackedEngine", "training_step", "packed_training_step",
            "GraphedStep", "CAPTURES", "graphed", "engine_for"]
@@ -73,9 +72,8 @@ class Engine(Protocol):
         """From the trials' initialised models (on `device`) and their training settings."""
 
     @staticmethod
-    def refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) -> str | None:
-        """None when these trials (their remedies and configured settings) can train on this
-        engine, else why not."""
+    def refusal(run_cfgs: Sequence[TrialConfig]) -> str | None:
+        """None when these trials (their configured settings) can train on this engine, else why not."""
 
     def set_lr_factors(self, factors: Sequence[float]) -> None:
         """Each trial's LR multiplier (lr_t / lr_base) for the coming steps."""
@@ -240,7 +238,7 @@ class SoloEngine:
         self.step: Step = lambda batches: one(*batches[0], self._factor)
 
     @staticmethod
-    def refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) -> str | None:
+    def refusal(run_cfgs: Sequence[TrialConfig]) -> str | None:
         return None if len(run_cfgs) == 1 else f"one trial at a time, not {len(run_cfgs)}"
 
     def set_lr_factors(self, factors: Sequence[float]) -> None:
@@ -269,8 +267,8 @@ class PackedEngine:
         self.step = packed_training_step(self.model, packed, cfgs[0], device)
 
     @staticmethod
-    def refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) -> str | None:
-        reason = pack_refusal(remedies, run_cfgs)
+    def refusal(run_cfgs: Sequence[TrialConfig]) -> str | None:
+        reason = pack_refusal(run_cfgs)
         return None if reason is None else f"cannot pack these trials: {reason}"
 
     def trial(self, i: int) -> nn.Module:

@@ -102,7 +102,7 @@ def build_training(cfgs: Sequence[TrialConfig], *, packed: bool, data: ImageData
     if shared.cuda_graph and not graphed(shared, device):
         _log.warning("train.cuda_graph ignored: the step runs on %s, and CUDA graphs need a CUDA device", device)
     engine_type = engine_for(packed, shared, device)
-    reason = engine_type.refusal(remedies, run_cfgs)
+    reason = engine_type.refusal(run_cfgs)
     if reason is not None:
         raise ValueError(reason)
     data = load_dataset(run_cfgs[0].dataset, device) if data is None else data

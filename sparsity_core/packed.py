@@ -29,7 +29,6 @@ from torch.nn.utils import skip_init
 from .config import MODEL_REMEDIES, PER_TRIAL, REMEDY_NAMES, TrainConfig, TrialConfig
 from .models import ConvNet
 from .optim import OPTIMIZERS, group_lrs, param_groups, penalty
-from .remedies import Remedy, configured
 
 __all__ = ["PackedConvNet", "PackedOptimizer", "can_pack", "pack_key", "pack_refusal"]
 
@@ -285,7 +284,7 @@ def _shared_settings(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _alone(remedy: Remedy, cfg: TrialConfig) -> str | None:
+def _alone(cfg: TrialConfig) -> str | None:
     """Why this trial can share a pack with no other, or None."""
     if cfg.prune.explicit and cfg.prune.finetune_epochs:
         return "it fine-tunes its own pruned network (prune.finetune_epochs > 0), which a pack cannot hold"
@@ -296,12 +295,13 @@ def _alone(remedy: Remedy, cfg: TrialConfig) -> str | None:
             f"packable remedies: {', '.join(packable)}")
 
 
-def pack_refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) -> str | None:
-    """None when trials with these remedies and configured settings can train as one pack, else why not."""
+def pack_refusal(run_cfgs: Sequence[TrialConfig]) -> str | None:
+    """None when trials with these configured settings (`TrialConfig.as_trained`) can train as one
+    pack, else why not."""
     if not run_cfgs:
         return "no trials to pack"
-    for i, (remedy, cfg) in enumerate(zip(remedies, run_cfgs)):
-        reason = _alone(remedy, cfg)
+    for i, cfg in enumerate(run_cfgs):
+        reason = _alone(cfg)
         if reason is not None:
             return f"trial {i}: {reason}"
     # Compared as trained (`TrialConfig.as_trained`): what is trained must match, not how it was asked for.
@@ -315,12 +315,11 @@ def pack_refusal(remedies: Sequence[Remedy], run_cfgs: Sequence[TrialConfig]) ->
 
 def can_pack(cfgs: Sequence[TrialConfig]) -> str | None:
     """None when `cfgs` can train as one pack, else the reason they cannot."""
-    trials = [configured(cfg) for cfg in cfgs]
-    return pack_refusal([remedy for remedy, _ in trials], [run_cfg for _, run_cfg in trials])
+    return pack_refusal([cfg.as_trained() for cfg in cfgs])
 
 
 def pack_key(cfg: TrialConfig) -> Hashable | None:
     """Trials with equal keys can train as one pack (`can_pack` says None); None for a trial that
     can share a pack with no other."""
-    remedy, run_cfg = configured(cfg)
-    return None if _alone(remedy, run_cfg) else tuple(_shared_settings(run_cfg).items())
+    run_cfg = cfg.as_trained()
+    return None if _alone(run_cfg) else tuple(_shared_settings(run_cfg).items())
