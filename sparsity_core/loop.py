@@ -263,7 +263,8 @@ def _run(
                                         cut=cut, remedied=remedies[i].acted_on(model) if epoch == last else None)
             histories[i].append(measured[i])
         if epoch == total < last and not measured[0].diverged:  # training is done: cut, then fine-tune
-            cut = explicit_cut(seen[0], run_cfgs[0].prune, data, run_cfgs[0].train.eval_batch_size)
+            cut = explicit_cut(seen[0], run_cfgs[0].prune, data, run_cfgs[0].train.eval_batch_size,
+                               measured[0].test_err)
             engine = _finetuning(cut, type(engine), run_cfgs[0], device)
             cut.model = engine.model
         ending = {i: m for i, m in measured.items() if m.diverged or epoch == last}

@@ -86,7 +86,7 @@ def measure_epoch(
     final = epoch == last and not diverged
     # The paper's practical claim, checked on every trial: remove the dead filters (or prune as the
     # trial's explicit method does), re-test.
-    pruned = _final_pruning(model, cfg.prune, data, t.eval_batch_size, cut) if final else None
+    pruned = _final_pruning(model, test_err, cfg.prune, data, t.eval_batch_size, cut) if final else None
     remedy = (_remedied(model, data, filters, remedied, t.eval_batch_size)
               if final and remedied is not None and filters is not None else None)
     return _epoch_metrics(model, epoch, lr, train_loss, test_loss, test_err, filters, diverged, revived, pruned,
@@ -195,10 +195,12 @@ def pruned_metrics(
     by: Criterion = "gamma",
     *,
     max_act: Mapping[str, torch.Tensor] | None = None,
+    trained_test_err: float | None = None,
 ) -> PruneMetrics:
     """Prune `model`'s dead filters and measure what that costs and saves (see `PruneMetrics`;
     no fine-tuning, so `unfinetuned_test_err` is `pruned_test_err`). by="activation" measures max
-    activations over the training set unless `max_act` is given."""
+    activations over the training set unless `max_act` is given; `model` is tested unless its
+    `trained_test_err` is given (the epoch's own measurement)."""
     if by == "activation" and max_act is None:
         stats = filter_stats(model, data, eval_batch_size)
         max_act = {name: s.max_act for name, s in stats.items() if s.max_act is not None}
@@ -207,7 +209,8 @@ def pruned_metrics(
     return _compared(
         model, pruned, data, eval_batch_size, pruned_by=f"dead_{'act' if by == 'activation' else 'gamma'}",
         filters_removed_pct=_removed_pct(dead_keep_masks(model, by=by, max_act=max_act)),
-        trained_test_err=evaluate(model, data, eval_batch_size)[1], unfinetuned_test_err=pruned_err,
+        trained_test_err=evaluate(model, data, eval_batch_size)[1] if trained_test_err is None else trained_test_err,
+        unfinetuned_test_err=pruned_err,
         pruned_test_err=pruned_err, finetuned=False,
     )
 
@@ -225,27 +228,29 @@ class Cut:
     unfinetuned_test_err: float
 
 
-def explicit_cut(model: nn.Module, prune: PruneConfig, data: ImageData, eval_batch_size: int) -> Cut:
-    """Prune the trained `model` as `prune` says (`prune_explicit`) and test it before and after."""
+def explicit_cut(model: nn.Module, prune: PruneConfig, data: ImageData, eval_batch_size: int,
+                 trained_test_err: float) -> Cut:
+    """Prune the trained `model` (whose test error is `trained_test_err`) as `prune` says
+    (`prune_explicit`) and test the cut network."""
     assert prune.fraction is not None  # PruneConfig requires one for an explicit method
     example = data.normalize(data.test_x[:1]).to(next(model.parameters()).device)
     pruned, keep = prune_explicit(model, prune.method, prune.fraction, example)
-    return Cut(prune.method, model, pruned.train(model.training), keep, evaluate(model, data, eval_batch_size)[1],
+    return Cut(prune.method, model, pruned.train(model.training), keep, trained_test_err,
                evaluate(pruned, data, eval_batch_size)[1])
 
 
-def _final_pruning(model: nn.Module, prune: PruneConfig, data: ImageData, eval_batch_size: int,
+def _final_pruning(model: nn.Module, test_err: float, prune: PruneConfig, data: ImageData, eval_batch_size: int,
                    cut: Cut | None) -> PruneMetrics:
-    """The last epoch's PruneMetrics: the dead filters removed (method none); an explicit method's
-    cut made now (no fine-tuning) or before the fine-tuning that left `model` (`cut`)."""
+    """The last epoch's PruneMetrics of `model` (its test error measured this epoch: `test_err`):
+    the dead filters removed (method none); an explicit method's cut made now (no fine-tuning) or
+    before the fine-tuning that left `model` (`cut`)."""
     if not prune.explicit:
-        return pruned_metrics(model, data, eval_batch_size)
+        return pruned_metrics(model, data, eval_batch_size, trained_test_err=test_err)
     finetuned = cut is not None
-    cut = cut or explicit_cut(model, prune, data, eval_batch_size)
+    cut = cut or explicit_cut(model, prune, data, eval_batch_size, test_err)
     final = model if finetuned else cut.model
     return _compared(
         cut.trained, final, data, eval_batch_size, pruned_by=cut.method, filters_removed_pct=_removed_pct(cut.keep),
         trained_test_err=cut.trained_test_err, unfinetuned_test_err=cut.unfinetuned_test_err,
-        pruned_test_err=evaluate(final, data, eval_batch_size)[1] if finetuned else cut.unfinetuned_test_err,
-        finetuned=finetuned,
+        pruned_test_err=test_err if finetuned else cut.unfinetuned_test_err, finetuned=finetuned,
     )
