@@ -159,7 +159,10 @@ def loss_change(
     filter's output replaced by `fill[filter]`, relative to the loss without the replacement:
     (replaced - intact) / intact, float [k]. Eval mode, no augmentation, the first `images`
     training images, one forward per filter."""
+    if not len(filters):
+        return torch.zeros(0)
     block = dict(conv_blocks(model))[layer]
+    fill = fill.to(data.train_x.device)  # once, not per batch and filter
     replaced: list[int] = []  # the filter being replaced, if any
 
     def replace(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
@@ -192,7 +195,7 @@ def loss_change(
     finally:
         hook.remove()
         model.train(was_training)
-    return torch.stack(changes).float().cpu() if changes else torch.zeros(0)
+    return torch.stack(changes).float().cpu()
 
 
 def functional(
