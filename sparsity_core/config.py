@@ -245,6 +245,11 @@ class TrainConfig(_Section):
         """LR step epochs actually used, after the equal-iterations rescaling."""
         return tuple(max(1, round(s * self._iteration_scale())) for s in self.lr_steps)
 
+    @property
+    def base_lr(self) -> float:
+        """The LR before the schedule: `lr`, else the paper's for the optimizer."""
+        return self.lr if self.lr is not None else PAPER_LRS[self.optimizer]
+
 
 class PruneConfig(_Section):
     """How the trained network is pruned and measured at the end of the trial.
@@ -343,11 +348,10 @@ class TrialConfig(_Section):
         if not (p.explicit and p.finetune_epochs):
             raise ValueError("this trial does not fine-tune (prune.method none or prune.finetune_epochs 0)")
         recipe = FINETUNING[p.method]
-        base_lr = t.lr if t.lr is not None else PAPER_LRS[t.optimizer]
         scale = p.finetune_lr_scale if p.finetune_lr_scale is not None else recipe.lr_scale
         steps = sorted({round(s * p.finetune_epochs / t.epochs) for s in t.lr_steps}) if recipe.lr_steps else []
         train = t.model_copy(update={
-            "lr": base_lr * scale, "epochs": p.finetune_epochs, "reg": recipe.reg or t.reg,
+            "lr": t.base_lr * scale, "epochs": p.finetune_epochs, "reg": recipe.reg or t.reg,
             "lr_steps": tuple(s for s in steps if 0 < s < p.finetune_epochs),
         })
         return self.model_copy(update={"train": train})

@@ -93,8 +93,7 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 def group_lrs(cfg: TrainConfig) -> dict[str, float]:
     """Each param group's LR before the schedule: the base LR (`lr`, else the paper's for the
     optimizer), times gamma_lr_scale / beta_lr_scale for BN gamma / beta."""
-    base_lr = cfg.lr if cfg.lr is not None else OPTIMIZERS[cfg.optimizer].lr
-    return {"weights": base_lr, "gamma": base_lr * cfg.gamma_lr_scale, "beta": base_lr * cfg.beta_lr_scale}
+    return {"weights": cfg.base_lr, "gamma": cfg.base_lr * cfg.gamma_lr_scale, "beta": cfg.base_lr * cfg.beta_lr_scale}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
